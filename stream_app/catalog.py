@@ -1,0 +1,120 @@
+"""Redis adapter for the item catalog: metadata, vectors and a version counter.
+
+Keys (all under the configured prefix):
+    catalog:meta     hash item_id -> JSON {"title", "text", "tags"}
+    catalog:vectors  hash item_id -> float32 little-endian bytes (unit vector)
+    catalog:version  integer, incremented on every change; readers reload when it moves
+
+The Triton ``recommender`` model reads the vectors with :class:`CatalogReader`, so a new
+item becomes scorable as soon as its vector is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+VECTOR_DTYPE = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class CatalogKeys:
+    prefix: str
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}catalog:meta"
+
+    @property
+    def vectors(self) -> str:
+        return f"{self.prefix}catalog:vectors"
+
+    @property
+    def version(self) -> str:
+        return f"{self.prefix}catalog:version"
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    item_id: str
+    title: str
+    text: str
+    tags: tuple[str, ...] = ()
+
+
+class CatalogStore:
+    """Writes and reads catalog entries (synchronous: used by commands and Triton)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self.keys = CatalogKeys(prefix)
+
+    def upsert(self, items: list[CatalogItem], vectors: np.ndarray) -> int:
+        """Store items with their vectors in one transaction; returns the new version."""
+        if len(items) != len(vectors):
+            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        meta = {
+            i.item_id: json.dumps({"title": i.title, "text": i.text, "tags": list(i.tags)})
+            for i in items
+        }
+        blobs = {i.item_id: np.asarray(v, VECTOR_DTYPE).tobytes() for i, v in zip(items, vectors)}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self.keys.meta, mapping=meta)
+        pipe.hset(self.keys.vectors, mapping=blobs)
+        pipe.incr(self.keys.version)
+        return int(pipe.execute()[-1])
+
+    def size(self) -> int:
+        return int(self._redis.hlen(self.keys.vectors))
+
+    def titles(self, item_ids: list[str]) -> list[str | None]:
+        """Titles of the given items (None where unknown), in order."""
+        if not item_ids:
+            return []
+        raw = self._redis.hmget(self.keys.meta, item_ids)
+        return [json.loads(r)["title"] if r else None for r in raw]
+
+
+class CatalogReader:
+    """Holds the catalog matrix in memory and reloads it when the version moves."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self.keys = CatalogKeys(prefix)
+        self.version: int | None = None
+        self.item_ids: np.ndarray = np.empty(0, dtype=object)
+        self.row_of: dict[str, int] = {}
+        self.vectors = np.empty((0, 0), dtype=np.float32)
+
+    def refresh(self) -> bool:
+        """Reload if the catalog changed since the last load; returns True if it did."""
+        raw_version = self._redis.get(self.keys.version)
+        version = int(raw_version) if raw_version is not None else 0
+        if version == self.version:
+            return False
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self.keys.version)
+        pipe.hgetall(self.keys.vectors)
+        raw_version, blobs = pipe.execute()
+        ids = sorted(blobs)  # a stable row order makes results reproducible
+        self.item_ids = np.array([i.decode() for i in ids], dtype=object)
+        self.row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        if ids:
+            self.vectors = np.stack([np.frombuffer(blobs[i], dtype=VECTOR_DTYPE) for i in ids])
+        else:
+            self.vectors = np.empty((0, 0), dtype=np.float32)
+        self.version = int(raw_version) if raw_version is not None else 0
+        return True
+
+    def rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Catalog row of each id (-1 for unknown ids or padding)."""
+        lookup = self.row_of.get
+        flat = [lookup(_as_str(i), -1) for i in item_ids.ravel()]
+        return np.array(flat, dtype=np.int64).reshape(item_ids.shape)
+
+
+def _as_str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,129 @@
+"""All StreamRec settings, in one frozen pydantic-settings class.
+
+Every field can be set from the environment with the prefix ``STREAMREC_`` and ``__``
+between a group and its field, e.g. ``STREAMREC_KAFKA__BOOTSTRAP=broker:9092``.
+Unknown fields are rejected so a typo fails at start-up with the setting's name.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma separated host:port."""
+    interactions_topic: str = "interactions"
+    """Input topic of click and purchase events, keyed by user id."""
+    items_topic: str = "items"
+    """Input topic of catalog upserts, keyed by item id."""
+    recommendations_topic: str = "recommendations"
+    """Output topic of refreshed recommendations, keyed by user id."""
+    dlq_suffix: str = ".dlq"
+    """Dead-letter topic name = input topic + this suffix."""
+    partitions: int = Field(4, ge=1)
+    """Partitions for topics the worker creates (the unit of parallelism)."""
+    consumer_group: str = "streamrec"
+    """Consumer group (Faust app id) shared by all workers."""
+    session_timeout_s: float = Field(6.0, gt=0)
+    """Consumer session timeout; short so a rebalance after a crash is quick."""
+    max_poll_interval_s: float = Field(10.0, gt=0)
+    """Longest gap between polls before the broker evicts a worker."""
+    username: str | None = None
+    """SASL user name (no SASL when empty)."""
+    password: SecretStr | None = None
+    """SASL password."""
+
+
+class RedisSettings(_Group):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL; the launcher starts a local redis-server when none answers here."""
+    key_prefix: str = "streamrec:"
+    """Prefix of every key StreamRec writes, so deployments and tests can share a server."""
+    history_length: int = Field(50, ge=1, le=1000)
+    """Events kept per user in the rolling history."""
+    dedup_window: int = Field(1000, ge=1)
+    """Most recent event ids remembered per user to make redelivery a no-op."""
+    user_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    """An idle user's history expires after this many seconds."""
+    password: SecretStr | None = None
+    """Redis password (or ACL user's password)."""
+    timeout_s: float = Field(2.0, gt=0)
+    """Socket timeout for one Redis call."""
+
+
+class TritonSettings(_Group):
+    url: str = "127.0.0.1:8001"
+    """Triton gRPC endpoint host:port used by the worker."""
+    http_port: int = 8000
+    """HTTP port of a locally launched Triton (health checks)."""
+    grpc_port: int = 8001
+    """gRPC port of a locally launched Triton."""
+    metrics_port: int = 8002
+    """Prometheus metrics port of a locally launched Triton."""
+    recommender_model: str = "recommender"
+    """Triton model that turns a history into top-K items."""
+    embedder_model: str = "item_embedder"
+    """Triton model that turns item text into a vector."""
+    timeout_s: float = Field(5.0, gt=0)
+    """Deadline of one inference request."""
+    model_repository: str = "model_repository"
+    """Model repository a locally launched Triton serves."""
+
+
+class WorkerSettings(_Group):
+    batch_max_events: int = Field(256, ge=1)
+    """Micro-batch: at most this many events per Redis pipeline and Triton request."""
+    batch_window_ms: int = Field(50, ge=1)
+    """Micro-batch: wait at most this long to fill a batch."""
+    top_k: int = Field(10, ge=1, le=100)
+    """Items per recommendation list."""
+    max_event_bytes: int = Field(16 * 1024, ge=256)
+    """Events larger than this go to the DLQ before they are parsed."""
+    max_text_chars: int = Field(4000, ge=16)
+    """Item text longer than this is rejected."""
+    max_future_skew_s: float = Field(300.0, ge=0)
+    """Events stamped further than this in the future are rejected."""
+    web_port: int = Field(6066, ge=1, le=65535)
+    """Port of the worker's HTTP server (/metrics, /healthz)."""
+    web_host: str = "127.0.0.1"
+    """Bind address of the worker's HTTP server."""
+    data_dir: str = "var/worker"
+    """Faust's local data directory."""
+
+
+class Settings(BaseSettings):
+    """StreamRec configuration (env prefix STREAMREC_, nested with __)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    triton: TritonSettings = TritonSettings()
+    worker: WorkerSettings = WorkerSettings()
+    model_version: str = "weighted-mean-v1"
+    """Version tag written into every recommendations message."""
+    log_level: str = "INFO"
+    """Level of the streamrec logger."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once."""
+    return Settings()

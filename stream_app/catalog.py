@@ -17,7 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from stream_app.config import Settings
+
 VECTOR_DTYPE = np.dtype("<f4")
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A synchronous client for the configured Redis (commands and the Triton model)."""
+    password = settings.redis.password
+    return redis.Redis.from_url(
+        settings.redis.url,
+        password=password.get_secret_value() if password else None,
+        socket_timeout=settings.redis.timeout_s,
+    )
 
 
 @dataclass(frozen=True)

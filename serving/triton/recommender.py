@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import redis
 import triton_python_backend_utils as pb_utils
 
 from serving.scoring import recommend
@@ -21,7 +20,7 @@ from serving.triton._common import (
     output_dtype,
     request_parameter,
 )
-from stream_app.catalog import CatalogReader
+from stream_app.catalog import CatalogReader, redis_client
 from stream_app.config import Settings
 
 
@@ -33,12 +32,7 @@ class TritonPythonModel:
         self.max_k = int(config_parameter(config, "max_top_k", "100"))
         # Redis address and key prefix come from the same STREAMREC_ settings as the worker.
         settings = Settings()
-        client = redis.Redis.from_url(
-            settings.redis.url,
-            password=settings.redis.password.get_secret_value() if settings.redis.password else None,
-            socket_timeout=settings.redis.timeout_s,
-        )
-        self.catalog = CatalogReader(client, settings.redis.key_prefix)
+        self.catalog = CatalogReader(redis_client(settings), settings.redis.key_prefix)
 
     def _recommend(self, request):
         k = request_parameter(request, "top_k", self.default_k)

@@ -1,0 +1,167 @@
+"""Interaction processing: one micro-batch in, outputs written, then Faust may commit.
+
+Thin orchestration over the pure modules (events, policy) and the adapters (history,
+inference). Nothing here raises for bad input: invalid events go to the DLQ. Failures of
+Redis or Triton are retried with backoff and the batch is never acknowledged half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from stream_app import metrics
+from stream_app.backoff import Backoff
+from stream_app.config import Settings
+from stream_app.errors import DependencyError, InvalidEvent
+from stream_app.events import Interaction, Recommendations, parse_interaction
+from stream_app.history import HistoryStore, UserUpdate
+from stream_app.inference import HistoryRow, TritonRecommender
+from stream_app.policy import filter_seen
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One consumed message, as the broker delivered it."""
+
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None  # when the message entered Kafka (epoch seconds)
+
+
+class Publisher(Protocol):
+    """Where a batch's outputs go; every send is awaited by ``flush`` before the commit."""
+
+    def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None: ...
+
+    def recommendations(self, message: Recommendations) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@dataclass
+class BatchOutcome:
+    consumed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    published: int = 0
+
+
+class InteractionProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        history: HistoryStore,
+        recommender: TritonRecommender,
+        publisher: Publisher,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._history = history
+        self._recommender = recommender
+        self._publisher = publisher
+        self._clock = clock
+        self._backoff = Backoff()
+
+    async def process(self, batch: list[RawEvent]) -> BatchOutcome:
+        topic = self._settings.kafka.interactions_topic
+        metrics.BATCH_SIZE.labels(topic=topic).observe(len(batch))
+        with metrics.BATCH_DURATION.labels(topic=topic).time():
+            outcome = BatchOutcome()
+            valid, produced_at = self._validate(batch, outcome)
+            if valid:
+                updates = await self._retry("redis", lambda: self._history.append_batch(valid))
+                outcome.duplicates = len(valid) - sum(len(u.new_event_ids) for u in updates)
+                metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(outcome.duplicates)
+                messages = await self._recommend(updates, valid)
+                await self._retry(
+                    "redis",
+                    lambda: self._history.save_recommendations(
+                        {m.user_id: m.to_json() for m in messages}
+                    ),
+                )
+                for message in messages:
+                    self._publisher.recommendations(message)
+                outcome.published = len(messages)
+            await self._publisher.flush()
+            self._observe_published(valid, produced_at)
+        return outcome
+
+    def _validate(
+        self, batch: list[RawEvent], outcome: BatchOutcome
+    ) -> tuple[list[Interaction], dict[str, float]]:
+        worker = self._settings.worker
+        now = self._clock()
+        valid: list[Interaction] = []
+        produced_at: dict[str, float] = {}
+        for raw in batch:
+            try:
+                event = parse_interaction(
+                    raw.value,
+                    max_bytes=worker.max_event_bytes,
+                    now=now,
+                    max_future_skew_s=worker.max_future_skew_s,
+                )
+            except InvalidEvent as error:
+                self._publisher.dead_letter(raw, error)
+                metrics.DLQ_EVENTS.labels(topic=raw.topic, reason=error.reason).inc()
+                outcome.dead_lettered += 1
+                continue
+            valid.append(event)
+            produced_at[event.event_id] = raw.timestamp or event.ts
+            metrics.EVENTS_CONSUMED.labels(topic=raw.topic, type=event.type).inc()
+        outcome.consumed = len(batch)
+        return valid, produced_at
+
+    async def _recommend(
+        self, updates: list[UserUpdate], valid: list[Interaction]
+    ) -> list[Recommendations]:
+        k = self._settings.worker.top_k
+        rows = [
+            HistoryRow([h.item_id for h in u.history], [h.is_purchase for h in u.history])
+            for u in updates
+        ]
+        ranked = await self._retry("triton", lambda: self._recommender.recommend(rows, k))
+        last_event = {e.user_id: e for e in valid}  # each user's newest event in the batch
+        now = self._clock()
+        return [
+            Recommendations(
+                user_id=update.user_id,
+                items=filter_seen(candidates, (h.item_id for h in update.history), k),
+                model_version=self._recommender.model_version,
+                trigger_event_id=last_event[update.user_id].event_id,
+                event_ts=last_event[update.user_id].ts,
+                generated_at=now,
+            )
+            for update, candidates in zip(updates, ranked)
+        ]
+
+    def _observe_published(self, valid: list[Interaction], produced_at: dict[str, float]) -> None:
+        now = self._clock()
+        triggers = {e.user_id: e.event_id for e in valid}
+        for event_id in triggers.values():
+            metrics.END_TO_END_LATENCY.observe(max(0.0, now - produced_at[event_id]))
+        metrics.RECOMMENDATIONS_PUBLISHED.inc(len(triggers))
+
+    async def _retry(self, component: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a dependency call until it succeeds: the batch must not be skipped."""
+        for delay in self._backoff.delays():
+            try:
+                return await call()
+            except DependencyError as exc:
+                metrics.ERRORS.labels(component=component).inc()
+                logger.warning(
+                    'dependency call failed component="%s" error="%s" retry_in_s=%.2f',
+                    component, exc, delay,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")

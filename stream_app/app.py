@@ -1,0 +1,128 @@
+"""The Faust application: topics, the interactions agent and its wiring to the adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+import redis.asyncio as aioredis
+
+from stream_app import web
+from stream_app.agents import InteractionProcessor, RawEvent
+from stream_app.config import Settings
+from stream_app.errors import InvalidEvent
+from stream_app.events import Recommendations
+from stream_app.history import HistoryStore
+from stream_app.inference import TritonRecommender
+
+logger = logging.getLogger(__name__)
+
+
+class FaustPublisher:
+    """Sends outputs through Faust's producer and awaits their delivery in ``flush``."""
+
+    def __init__(self, recommendations: faust.TopicT, dead_letters: faust.TopicT) -> None:
+        self._recommendations = recommendations
+        self._dead_letters = dead_letters
+        self._pending: list = []
+
+    def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None:
+        headers = {
+            "streamrec-reason": error.reason.encode(),
+            "streamrec-detail": error.detail.encode()[:1000],
+            "streamrec-source": f"{event.topic}/{event.partition}/{event.offset}".encode(),
+        }
+        # The original bytes travel untouched, so the event can be fixed and replayed.
+        self._pending.append(self._dead_letters.send(value=event.value, headers=headers))
+
+    def recommendations(self, message: Recommendations) -> None:
+        self._pending.append(
+            self._recommendations.send(key=message.user_id.encode(), value=message.to_json())
+        )
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        # send() coroutines queue the message; the futures they return resolve on delivery.
+        deliveries = await asyncio.gather(*pending)
+        await asyncio.gather(*deliveries)
+
+
+def create_app(settings: Settings) -> faust.App:
+    kafka = settings.kafka
+    app = faust.App(
+        kafka.consumer_group,
+        broker=[f"kafka://{host}" for host in kafka.bootstrap.split(",")],
+        topic_partitions=kafka.partitions,
+        web_host=settings.worker.web_host,
+        web_port=settings.worker.web_port,
+        datadir=settings.worker.data_dir,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=min(1.0, kafka.session_timeout_s / 3),
+        broker_rebalance_timeout=kafka.session_timeout_s,
+        broker_max_poll_interval=kafka.max_poll_interval_s,
+        producer_acks=-1,
+        web_in_thread=False,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    interactions = raw_topic(kafka.interactions_topic)
+    recommendations = raw_topic(kafka.recommendations_topic)
+    interactions_dlq = raw_topic(kafka.interactions_topic + kafka.dlq_suffix)
+
+    redis_client = aioredis.Redis.from_url(
+        settings.redis.url,
+        password=settings.redis.password.get_secret_value() if settings.redis.password else None,
+        socket_timeout=settings.redis.timeout_s,
+    )
+    history = HistoryStore(
+        redis_client,
+        settings.redis.key_prefix,
+        settings.redis.history_length,
+        settings.redis.dedup_window,
+        settings.redis.user_ttl_s,
+    )
+    recommender = TritonRecommender(
+        settings.triton.url,
+        settings.triton.recommender_model,
+        settings.triton.embedder_model,
+        settings.triton.timeout_s,
+    )
+    web.register(app, history, redis_client, recommender)
+
+    @app.agent(interactions, name="interactions")
+    async def process_interactions(stream: faust.StreamT) -> None:
+        await recommender.connect()
+        processor = InteractionProcessor(
+            settings, history, recommender, FaustPublisher(recommendations, interactions_dlq)
+        )
+        worker = settings.worker
+        async for events in stream.take_events(
+            worker.batch_max_events, within=worker.batch_window_ms / 1000
+        ):
+            # take_events acknowledges the batch only after this block returns, so the
+            # offsets Faust commits never run ahead of written outputs.
+            started = time.perf_counter()
+            outcome = await processor.process([_raw(e) for e in events])
+            logger.debug(
+                "batch events=%d dlq=%d duplicates=%d published=%d seconds=%.3f",
+                outcome.consumed, outcome.dead_lettered, outcome.duplicates,
+                outcome.published, time.perf_counter() - started,
+            )
+
+    return app
+
+
+def _raw(event: faust.EventT) -> RawEvent:
+    message = event.message
+    return RawEvent(
+        value=message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp=message.timestamp,
+    )

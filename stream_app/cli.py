@@ -1,0 +1,136 @@
+"""``streamrec`` command line: up | worker | catalog | replay | export | demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from stream_app import logs
+from stream_app.config import Settings
+from stream_app.errors import ConfigError, StackError
+
+logger = logging.getLogger(__name__)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value fails here, naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = "__".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"STREAMREC_{path}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
+    from stream_app.demo import prepare_stack
+
+    with prepare_stack(settings) as stack:
+        print(f"stack ready: started={stack.started} reused={stack.reused}")
+        print(f"  kafka  {settings.kafka.bootstrap}")
+        print(f"  redis  {settings.redis.url}")
+        print(f"  triton grpc {settings.triton.url}, "
+              f"metrics http://127.0.0.1:{settings.triton.metrics_port}/metrics")
+        print("Ctrl-C stops what was started.")
+        while True:
+            time.sleep(1)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    import faust
+
+    from stream_app.app import create_app
+
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
+
+
+def cmd_catalog(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.data import load_movielens
+    from stream_app.catalog_loader import load_catalog
+
+    size = load_catalog(settings, list(load_movielens().movies), force=args.force)
+    print(f"catalog: {size} items in Redis under {settings.redis.key_prefix!r}")
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.data import load_movielens
+    from stream_app.kafka_io import ensure_topics
+    from stream_app.replay import plan_events, replay
+
+    ensure_topics(settings.kafka)
+    events = list(plan_events(load_movielens().ratings, run_id=args.run_id))[: args.limit]
+    stats = replay(settings.kafka, events, rate_per_s=args.rate)
+    print(f"replayed {stats['events']:.0f} events in {stats['seconds']:.1f}s "
+          f"({stats['events_per_s']:,.0f}/s) to {settings.kafka.interactions_topic}")
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.export import export_item_embedder
+
+    version_dir = export_item_embedder(Path(settings.triton.model_repository), force=args.force)
+    print(f"item_embedder exported to {version_dir}")
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    from stream_app.demo import run_demo
+
+    run_demo(settings, events=args.events, rate_per_s=args.rate)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="streamrec", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the local broker, Redis and Triton and wait")
+    sub.add_parser("worker", help="run the Faust stream worker")
+    catalog = sub.add_parser("catalog", help="encode MovieLens items through Triton into Redis")
+    catalog.add_argument("--force", action="store_true", help="re-encode even if loaded")
+    replay = sub.add_parser("replay", help="produce MovieLens ratings as live events")
+    replay.add_argument("--limit", type=int, default=5000, help="events to produce")
+    replay.add_argument("--rate", type=float, default=1000.0, help="events per second (0 = max)")
+    replay.add_argument("--run-id", default="", help="distinguishes event ids between runs")
+    export = sub.add_parser("export", help="export the item encoder to ONNX for Triton")
+    export.add_argument("--force", action="store_true", help="export even if present")
+    demo = sub.add_parser("demo", help="stack + worker + short replay, prints live results")
+    demo.add_argument("--events", type=int, default=3000, help="events to replay")
+    demo.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    return root
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "worker": cmd_worker,
+    "catalog": cmd_catalog,
+    "replay": cmd_replay,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logs.configure(settings.log_level)
+        COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return 2
+    except StackError as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

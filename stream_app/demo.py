@@ -1,0 +1,168 @@
+"""``make demo``: the real stack, a worker, a short MovieLens replay, live results.
+
+Also home of :class:`WorkerProcess`, the worker as a child process, which the
+integration tests use the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from serving.data import load_movielens
+from stream_app.catalog import CatalogStore, redis_client
+from stream_app.catalog_loader import load_catalog
+from stream_app.config import Settings
+from stream_app.devstack import DevStack
+from stream_app.errors import StackError
+from stream_app.kafka_io import TopicReader, ensure_topics
+from stream_app.replay import plan_events, produce_raw, replay
+
+MALFORMED_SAMPLES = [
+    b"{not json",
+    b'{"event_id": "x", "user_id": "u", "item_id": "1", "type": "like", "ts": 1}',
+    b'{"event_id": "y", "user_id": 7, "item_id": "1", "type": "click", "ts": 1}',
+]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for group in ("kafka", "redis", "triton", "worker"):
+        for name, value in getattr(settings, group).model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            env[f"STREAMREC_{group.upper()}__{name.upper()}"] = str(value)
+    env["STREAMREC_LOG_LEVEL"] = settings.log_level
+    return env
+
+
+class WorkerProcess:
+    """``streamrec worker`` as a child process, with its log in a file."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, ready_timeout_s: float = 90.0) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = os.environ | settings_env(self.settings)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream_app.cli", "worker"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self._wait_ready(ready_timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        url = f"http://127.0.0.1:{self.settings.worker.web_port}/readyz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise StackError(f"worker exited with {code}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise StackError(f"worker not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def prepare_stack(settings: Settings, workdir: Path = Path("var/stack")):
+    """Servers up, topics created, MovieLens catalog encoded through Triton."""
+    with DevStack(settings, workdir=workdir) as stack:
+        ensure_topics(settings.kafka)
+        load_catalog(settings, list(load_movielens().movies))
+        yield stack
+
+
+def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
+    movielens = load_movielens()
+    planned = list(plan_events(movielens.ratings, run_id=uuid.uuid4().hex[:8]))[:events]
+    last_event = {e.user_id: e.event_id for e in planned}
+    with prepare_stack(settings), WorkerProcess(settings, Path("var/demo/worker.log")):
+        reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
+        dlq_reader = TopicReader(
+            settings.kafka, settings.kafka.interactions_topic + settings.kafka.dlq_suffix
+        )
+        dlq_before = len(dlq_reader.drain(quiet_s=1.0))
+        produce_raw(settings.kafka, settings.kafka.interactions_topic,
+                    [(b"demo-bad", value) for value in MALFORMED_SAMPLES])
+        replay(settings.kafka, planned, rate_per_s=rate_per_s)
+
+        wanted = set(last_event.values())
+
+        def all_users_served(messages) -> bool:
+            triggers = {json.loads(m.value())["trigger_event_id"] for m in messages}
+            return wanted <= triggers
+
+        reader.read_until(all_users_served, timeout_s=120)
+        dlq = len(dlq_reader.drain(quiet_s=2.0)) - dlq_before
+        _report(settings, reader.messages, planned, last_event, dlq)
+        reader.close()
+        dlq_reader.close()
+
+
+def _report(settings, messages, planned, last_event, dlq: int) -> None:
+    ours = {e.event_id for e in planned}
+    recs = [json.loads(m.value()) for m in messages]
+    recs_ts = [m.timestamp()[1] / 1000 for m in messages]
+    latencies = sorted(
+        ts - r["event_ts"] for r, ts in zip(recs, recs_ts) if r["trigger_event_id"] in ours
+    )
+    final = {r["user_id"]: r for r in recs if r["trigger_event_id"] == last_event.get(r["user_id"])}
+    catalog = CatalogStore(redis_client(settings), settings.redis.key_prefix)
+    print("\nLive recommendations (from the recommendations topic):")
+    for user_id in sorted(final, key=lambda u: -sum(e.user_id == u for e in planned))[:3]:
+        seen = [e.item_id for e in planned if e.user_id == user_id and e.type == "click"][-3:]
+        print(f"  user {user_id}: recently watched {catalog.titles(seen)}")
+        shown = [i["item_id"] for i in final[user_id]["items"][:5]]
+        print(f"    recommended: {catalog.titles(shown)}")
+    p50, p99 = (_percentile(latencies, q) for q in (50, 99))
+    print(
+        f"\nsummary: events={len(planned)} recommendations={len(latencies)} "
+        f"users={len(final)}/{len(last_event)} dlq={dlq} "
+        f"latency_p50_ms={p50 * 1000:.0f} latency_p99_ms={p99 * 1000:.0f}"
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]

@@ -1,0 +1,160 @@
+"""Redis adapter: per-user rolling history, idempotency on event_id, latest recommendations.
+
+Keys, one user's keys sharing a ``{user}`` hash tag so each Lua call stays in one
+Redis Cluster slot:
+    <prefix>h:{<user>}     sorted set, member "event_id\\titem_id\\ttype", score = event ts
+    <prefix>seen:{<user>}  sorted set of applied event ids (the dedup window), score = ts
+    <prefix>recs:{<user>}  the latest recommendations message (JSON), same TTL
+
+A batch is one pipeline holding one script call per user: one network round trip.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from stream_app.errors import RedisUnavailable
+from stream_app.events import Interaction
+from stream_app.metrics import track_redis
+
+# Applies a user's events in order. An event whose id is in the dedup window changes
+# nothing (flag 0); otherwise it joins the history (flag 1). Ordering is by event time,
+# so late events land in their place; trimming keeps the newest entries.
+APPEND_LUA = """
+local history_len = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local flags = {}
+for i = 4, #ARGV, 4 do
+  local event_id, item_id, event_type, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('ZSCORE', KEYS[2], event_id) then
+    flags[#flags + 1] = 0
+  else
+    redis.call('ZADD', KEYS[2], ts, event_id)
+    redis.call('ZADD', KEYS[1], ts, event_id .. '\\t' .. item_id .. '\\t' .. event_type)
+    flags[#flags + 1] = 1
+  end
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(history_len + 1))
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(window + 1))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+"""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    event_id: str
+    item_id: str
+    type: str
+    ts: float
+
+    @property
+    def is_purchase(self) -> bool:
+        return self.type == "purchase"
+
+
+@dataclass(frozen=True)
+class UserUpdate:
+    """What one batch did to one user: which of its events were new, and the history after."""
+
+    user_id: str
+    new_event_ids: tuple[str, ...]
+    history: tuple[HistoryEntry, ...]  # oldest first
+
+
+class HistoryStore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        history_length: int,
+        dedup_window: int,
+        user_ttl_s: int,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._limits = (history_length, dedup_window, user_ttl_s)
+        self._sha: str | None = None
+
+    def history_key(self, user_id: str) -> str:
+        return f"{self._prefix}h:{{{user_id}}}"
+
+    def seen_key(self, user_id: str) -> str:
+        return f"{self._prefix}seen:{{{user_id}}}"
+
+    def recs_key(self, user_id: str) -> str:
+        return f"{self._prefix}recs:{{{user_id}}}"
+
+    async def append_batch(self, events: list[Interaction]) -> list[UserUpdate]:
+        """Apply a batch of valid events in one round trip; one update per user, in order."""
+        by_user: dict[str, list[Interaction]] = defaultdict(list)
+        for event in events:
+            by_user[event.user_id].append(event)
+        with track_redis("append_batch"):
+            try:
+                replies = await self._run_scripts(by_user)
+            except RedisError as exc:
+                raise RedisUnavailable(f"history append failed: {type(exc).__name__}") from exc
+        updates = []
+        for (user_id, user_events), (flags, flat) in zip(by_user.items(), replies):
+            new_ids = tuple(e.event_id for e, flag in zip(user_events, flags) if flag == 1)
+            updates.append(UserUpdate(user_id, new_ids, _entries(flat)))
+        return updates
+
+    async def _run_scripts(self, by_user: dict[str, list[Interaction]]) -> list:
+        if self._sha is None:
+            self._sha = await self._redis.script_load(APPEND_LUA)
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id, user_events in by_user.items():
+                args: list[str | int | float] = list(self._limits)
+                for e in user_events:
+                    args += [e.event_id, e.item_id, e.type, repr(e.ts)]
+                pipe.evalsha(self._sha, 2, self.history_key(user_id), self.seen_key(user_id), *args)
+            try:
+                return await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                # Redis restarted and lost its script cache: load again, retry once.
+                self._sha = await self._redis.script_load(APPEND_LUA)
+        raise AssertionError("unreachable")
+
+    async def history(self, user_id: str) -> tuple[HistoryEntry, ...]:
+        with track_redis("history"):
+            flat = await self._redis.zrange(self.history_key(user_id), 0, -1, withscores=True)
+        return tuple(_entry(member, score) for member, score in flat)
+
+    async def save_recommendations(self, messages: dict[str, bytes]) -> None:
+        """Store each user's latest recommendations message (JSON), in one pipeline."""
+        ttl = self._limits[2]
+        with track_redis("save_recommendations"):
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for user_id, body in messages.items():
+                    pipe.set(self.recs_key(user_id), body, ex=ttl)
+                await pipe.execute()
+            except RedisError as exc:
+                failure = type(exc).__name__
+                raise RedisUnavailable(f"saving recommendations failed: {failure}") from exc
+
+    async def latest_recommendations(self, user_id: str) -> bytes | None:
+        with track_redis("latest_recommendations"):
+            return await self._redis.get(self.recs_key(user_id))
+
+
+def _entries(flat: list) -> tuple[HistoryEntry, ...]:
+    # The script returns [member, score, member, score, ...].
+    return tuple(_entry(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+
+
+def _entry(member: bytes | str, score: bytes | str | float) -> HistoryEntry:
+    text = member.decode() if isinstance(member, bytes) else member
+    event_id, item_id, event_type = text.split("\t")
+    return HistoryEntry(event_id, item_id, event_type, float(score))

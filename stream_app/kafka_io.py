@@ -1,0 +1,114 @@
+"""confluent-kafka helpers for the commands (replay, demo, tests): topics, produce, read.
+
+The worker itself talks to Kafka through Faust; these are the outside world's clients.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream_app.config import KafkaSettings
+
+
+def client_config(kafka: KafkaSettings) -> dict:
+    config: dict = {"bootstrap.servers": kafka.bootstrap}
+    if kafka.username:
+        config |= {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl.username": kafka.username,
+            "sasl.password": kafka.password.get_secret_value() if kafka.password else "",
+        }
+    return config
+
+
+def all_topics(kafka: KafkaSettings) -> list[str]:
+    return [
+        kafka.interactions_topic,
+        kafka.interactions_topic + kafka.dlq_suffix,
+        kafka.items_topic,
+        kafka.items_topic + kafka.dlq_suffix,
+        kafka.recommendations_topic,
+    ]
+
+
+def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Create StreamRec's topics (with ``kafka.partitions``) where they do not exist yet."""
+    admin = AdminClient(client_config(kafka))
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [t for t in all_topics(kafka) if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=kafka.partitions, replication_factor=1) for t in missing]
+    )
+    for future in futures.values():
+        try:
+            future.result(timeout_s)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def producer(kafka: KafkaSettings) -> Producer:
+    return Producer(client_config(kafka) | {"linger.ms": 5, "acks": "all"})
+
+
+class TopicReader:
+    """Reads a whole topic from its beginning, without joining a consumer group.
+
+    Partitions are assigned directly, so no group rebalance delays the first message.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> None:
+        self._consumer = Consumer(
+            client_config(kafka)
+            | {"group.id": "streamrec-reader", "enable.auto.commit": False}
+        )
+        metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
+        )
+        self.messages: list[Message] = []
+
+    def read_until(self, done: Callable[[list[Message]], bool], timeout_s: float) -> bool:
+        """Poll until ``done(messages so far)`` or the timeout; returns whether it was done."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.messages):
+            if time.monotonic() > deadline:
+                return False
+            for message in self._consumer.consume(500, timeout=0.2):
+                if message.error() is None:
+                    self.messages.append(message)
+        return True
+
+    def drain(self, quiet_s: float = 1.0) -> list[Message]:
+        """Read until nothing new arrives for ``quiet_s``; returns every message read."""
+        while True:
+            batch = self._consumer.consume(500, timeout=quiet_s)
+            batch = [m for m in batch if m.error() is None]
+            if not batch:
+                return self.messages
+            self.messages.extend(batch)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

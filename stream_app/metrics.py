@@ -1,0 +1,108 @@
+"""Every StreamRec Prometheus metric, defined once, with small track_* helpers.
+
+Names follow ``streamrec_<subsystem>_<noun>_<unit>``; labels come from small fixed sets
+(``topic``, ``type``, ``reason``, ``model``, ``outcome``, ``operation``), never a user or
+item id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Latency buckets from 1 ms to 10 s: the hot path should sit well under 250 ms.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+EVENTS_CONSUMED = Counter(
+    "streamrec_stream_events_consumed_total",
+    "Valid input events consumed, by topic and event type.",
+    ["topic", "type"],
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "streamrec_stream_events_duplicate_total",
+    "Redelivered events (event_id already applied) that changed nothing.",
+    ["topic"],
+    registry=REGISTRY,
+)
+DLQ_EVENTS = Counter(
+    "streamrec_stream_dlq_events_total",
+    "Events sent to a dead-letter topic, by source topic and reason.",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "streamrec_stream_batch_size_events",
+    "Events per micro-batch.",
+    ["topic"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+    registry=REGISTRY,
+)
+BATCH_DURATION = Histogram(
+    "streamrec_stream_batch_duration_seconds",
+    "Time to process one micro-batch, from take to outputs written.",
+    ["topic"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+END_TO_END_LATENCY = Histogram(
+    "streamrec_recs_end_to_end_latency_seconds",
+    "From the triggering event's timestamp to its recommendations being published.",
+    buckets=LATENCY_BUCKETS + (30, 60),
+    registry=REGISTRY,
+)
+RECOMMENDATIONS_PUBLISHED = Counter(
+    "streamrec_recs_published_total",
+    "Recommendation lists published to the output topic.",
+    registry=REGISTRY,
+)
+TRITON_LATENCY = Histogram(
+    "streamrec_triton_request_duration_seconds",
+    "Triton inference request latency, by model and outcome.",
+    ["model", "outcome"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REDIS_LATENCY = Histogram(
+    "streamrec_redis_request_duration_seconds",
+    "Redis round-trip latency, by operation and outcome.",
+    ["operation", "outcome"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "streamrec_worker_errors_total",
+    "Failures of a dependency call that were retried, by component.",
+    ["component"],
+    registry=REGISTRY,
+)
+
+
+@contextmanager
+def track_latency(histogram: Histogram, **labels: str) -> Iterator[None]:
+    """Observe the block's duration with ``outcome="ok"`` or ``"error"``."""
+    start = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        histogram.labels(outcome=outcome, **labels).observe(time.perf_counter() - start)
+
+
+def track_redis(operation: str):
+    return track_latency(REDIS_LATENCY, operation=operation)
+
+
+def track_triton(model: str):
+    return track_latency(TRITON_LATENCY, model=model)
+
+
+def exposition() -> bytes:
+    """The text format served on /metrics."""
+    return generate_latest(REGISTRY)

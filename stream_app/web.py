@@ -1,0 +1,48 @@
+"""HTTP endpoints on the worker's Faust web server: /metrics, /healthz, /readyz, read API."""
+
+from __future__ import annotations
+
+import json
+
+import faust
+from faust.web import Request, Response, View
+from redis.exceptions import RedisError
+
+from stream_app.history import HistoryStore
+from stream_app.inference import TritonRecommender
+from stream_app.metrics import exposition
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def register(app: faust.App, history: HistoryStore, redis_client, recommender: TritonRecommender):
+    @app.page("/metrics")
+    async def metrics(self: View, request: Request) -> Response:
+        return self.bytes(exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.page("/healthz")
+    async def healthz(self: View, request: Request) -> Response:
+        return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(self: View, request: Request) -> Response:
+        checks = {"redis": await _redis_ok(redis_client), "triton": await recommender.ready()}
+        status = 200 if all(checks.values()) else 503
+        return self.json({"ready": status == 200, "checks": checks}, status=status)
+
+    @app.page("/recommendations/{user_id}")
+    async def recommendations(self: View, request: Request, user_id: str) -> Response:
+        body = await history.latest_recommendations(user_id)
+        if body is None:
+            return self.json(
+                {"error": "not_found", "detail": "no recommendations for this user yet"},
+                status=404,
+            )
+        return self.json(json.loads(body))
+
+
+async def _redis_ok(client) -> bool:
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False

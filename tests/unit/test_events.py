@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from stream_app.errors import InvalidEvent
+from stream_app.events import DLQ_REASONS, Recommendations, RecommendedItem, parse_interaction, parse_item
+
+NOW = 1_764_115_200.0
+LIMITS = {"max_bytes": 4096, "now": NOW, "max_future_skew_s": 300.0}
+
+
+def interaction(**overrides) -> bytes:
+    body = {"event_id": "e1", "user_id": "u1", "item_id": "50", "type": "click", "ts": NOW - 1}
+    body.update(overrides)
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+def reason(raw: bytes, **limits) -> str:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_interaction(raw, **(LIMITS | limits))
+    assert caught.value.reason in DLQ_REASONS
+    return caught.value.reason
+
+
+def test_valid_click_and_purchase():
+    event = parse_interaction(interaction(), **LIMITS)
+    assert (event.user_id, event.item_id, event.type, event.ts) == ("u1", "50", "click", NOW - 1)
+    assert parse_interaction(interaction(type="purchase", schema_version=1), **LIMITS).is_purchase
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"\xff\xfe", "invalid_utf8"),
+        (b"[1, 2]", "not_an_object"),
+        (interaction(schema_version=2), "unsupported_version"),
+        (interaction(ts=...), "missing_field"),
+        (interaction(color="red"), "unknown_field"),
+        (interaction(user_id=7), "wrong_type"),
+        (interaction(ts="yesterday"), "wrong_type"),
+        (interaction(ts=True), "wrong_type"),
+        (interaction(type="like"), "unknown_event_type"),
+        (interaction(ts=-5), "timestamp_out_of_range"),
+        (interaction(ts=NOW + 3600), "timestamp_out_of_range"),
+        (interaction(user_id=""), "invalid_value"),
+        (interaction(item_id="x" * 129), "invalid_value"),
+        (interaction(event_id="a\tb"), "invalid_value"),
+    ],
+)
+def test_invalid_interactions_get_a_specific_reason(raw, expected):
+    assert reason(raw) == expected
+
+
+def test_size_is_checked_before_parsing():
+    huge = b"{" + b" " * 10_000  # would be malformed, but size wins
+    assert reason(huge, max_bytes=1024) == "too_large"
+
+
+def test_item_upsert_and_its_limits():
+    raw = json.dumps({"item_id": "9", "title": "T", "text": "T (1999) Drama", "tags": ["Drama"]})
+    item = parse_item(raw.encode(), max_bytes=4096, max_text_chars=100)
+    assert item.available and item.tags == ("Drama",)
+    long_text = json.dumps({"item_id": "9", "title": "T", "text": "x" * 101}).encode()
+    with pytest.raises(InvalidEvent, match="text_too_long"):
+        parse_item(long_text, max_bytes=4096, max_text_chars=100)
+    bad_tags = json.dumps({"item_id": "9", "title": "T", "text": "x", "tags": "Drama"}).encode()
+    with pytest.raises(InvalidEvent, match="wrong_type"):
+        parse_item(bad_tags, max_bytes=4096, max_text_chars=100)
+
+
+def test_recommendations_message_is_versioned_json():
+    message = Recommendations("u1", (RecommendedItem("7", 0.5),), "v1", "e1", NOW, NOW + 0.1)
+    body = json.loads(message.to_json())
+    assert body["schema_version"] == 1
+    assert body["items"] == [{"item_id": "7", "score": 0.5}]
+    assert body["trigger_event_id"] == "e1"

@@ -12,7 +12,7 @@ from stream_app.history import HistoryStore
 from stream_app.inference import TritonRecommender
 from stream_app.metrics import exposition
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
 
 
 def register(app: faust.App, history: HistoryStore, redis_client, recommender: TritonRecommender):

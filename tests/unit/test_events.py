@@ -3,7 +3,13 @@ import json
 import pytest
 
 from stream_app.errors import InvalidEvent
-from stream_app.events import DLQ_REASONS, Recommendations, RecommendedItem, parse_interaction, parse_item
+from stream_app.events import (
+    DLQ_REASONS,
+    Recommendations,
+    RecommendedItem,
+    parse_interaction,
+    parse_item,
+)
 
 NOW = 1_764_115_200.0
 LIMITS = {"max_bytes": 4096, "now": NOW, "max_future_skew_s": 300.0}

@@ -1,0 +1,72 @@
+"""Session fixtures: the real broker, Redis and Triton, started by the same launcher as the demo.
+
+Servers are started on free ports (Redis: the one on 6379 is reused when it answers), so
+the tests never touch a stack a developer has running. Every test names its own topics,
+users and key prefix; when a server cannot start the launcher raises with its log and the
+test fails — it never skips.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from serving.data import load_movielens
+from stream_app.catalog import redis_client
+from stream_app.catalog_loader import load_catalog
+from stream_app.config import Settings
+from stream_app.devstack import DevStack, free_port
+
+VAR = Path("var/test")
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Settings:
+    grpc_port = free_port()
+    return Settings(
+        kafka={"bootstrap": f"127.0.0.1:{free_port()}", "partitions": 2},
+        redis={"key_prefix": f"streamrec-test-{uuid.uuid4().hex[:8]}:"},
+        triton={
+            "url": f"127.0.0.1:{grpc_port}",
+            "grpc_port": grpc_port,
+            "http_port": free_port(),
+            "metrics_port": free_port(),
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings) -> Iterator[DevStack]:
+    with DevStack(stack_settings, workdir=VAR / "stack") as running:
+        yield running
+    _delete_prefix(redis_client(stack_settings), stack_settings.redis.key_prefix)
+
+
+@pytest.fixture(scope="session")
+def movielens():
+    return load_movielens()
+
+
+@pytest.fixture(scope="session")
+def catalog(stack: DevStack, stack_settings: Settings, movielens) -> int:
+    """The MovieLens catalog, encoded through the real item_embedder into Redis."""
+    return load_catalog(stack_settings, list(movielens.movies))
+
+
+@pytest.fixture
+def redis_sync(stack: DevStack, stack_settings: Settings) -> redis.Redis:
+    return redis_client(stack_settings)
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])

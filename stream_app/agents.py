@@ -161,7 +161,9 @@ class InteractionProcessor:
                 metrics.ERRORS.labels(component=component).inc()
                 logger.warning(
                     'dependency call failed component="%s" error="%s" retry_in_s=%.2f',
-                    component, exc, delay,
+                    component,
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")

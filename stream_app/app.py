@@ -110,8 +110,11 @@ def create_app(settings: Settings) -> faust.App:
             outcome = await processor.process([_raw(e) for e in events])
             logger.debug(
                 "batch events=%d dlq=%d duplicates=%d published=%d seconds=%.3f",
-                outcome.consumed, outcome.dead_lettered, outcome.duplicates,
-                outcome.published, time.perf_counter() - started,
+                outcome.consumed,
+                outcome.dead_lettered,
+                outcome.duplicates,
+                outcome.published,
+                time.perf_counter() - started,
             )
 
     return app

@@ -36,8 +36,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
         print(f"stack ready: started={stack.started} reused={stack.reused}")
         print(f"  kafka  {settings.kafka.bootstrap}")
         print(f"  redis  {settings.redis.url}")
-        print(f"  triton grpc {settings.triton.url}, "
-              f"metrics http://127.0.0.1:{settings.triton.metrics_port}/metrics")
+        print(
+            f"  triton grpc {settings.triton.url}, "
+            f"metrics http://127.0.0.1:{settings.triton.metrics_port}/metrics"
+        )
         print("Ctrl-C stops what was started.")
         while True:
             time.sleep(1)
@@ -69,8 +71,10 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
     ensure_topics(settings.kafka)
     events = list(plan_events(load_movielens().ratings, run_id=args.run_id))[: args.limit]
     stats = replay(settings.kafka, events, rate_per_s=args.rate)
-    print(f"replayed {stats['events']:.0f} events in {stats['seconds']:.1f}s "
-          f"({stats['events_per_s']:,.0f}/s) to {settings.kafka.interactions_topic}")
+    print(
+        f"replayed {stats['events']:.0f} events in {stats['seconds']:.1f}s "
+        f"({stats['events_per_s']:,.0f}/s) to {settings.kafka.interactions_topic}"
+    )
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> None:

@@ -62,7 +62,9 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream_app.cli", "worker"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self._wait_ready(ready_timeout_s)
         return self
@@ -122,8 +124,11 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
             settings.kafka, settings.kafka.interactions_topic + settings.kafka.dlq_suffix
         )
         dlq_before = len(dlq_reader.drain(quiet_s=1.0))
-        produce_raw(settings.kafka, settings.kafka.interactions_topic,
-                    [(b"demo-bad", value) for value in MALFORMED_SAMPLES])
+        produce_raw(
+            settings.kafka,
+            settings.kafka.interactions_topic,
+            [(b"demo-bad", value) for value in MALFORMED_SAMPLES],
+        )
         replay(settings.kafka, planned, rate_per_s=rate_per_s)
 
         wanted = set(last_event.values())

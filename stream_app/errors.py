@@ -1,13 +1,13 @@
 """StreamRec's exceptions, and where each one lands.
 
-    StreamRecError
-    ├── InvalidEvent          -> dead-letter topic, with ``reason`` as the DLQ reason code
-    ├── ConfigError           -> start-up fails, message names the setting (exit code 2)
-    ├── StackError            -> the local launcher cannot start or reach a server (exit code 3)
-    ├── DependencyError       -> retried with backoff; the batch is not committed
-    │   ├── RedisUnavailable
-    │   └── InferenceUnavailable
-    └── NotFound              -> HTTP 404
+StreamRecError
+├── InvalidEvent          -> dead-letter topic, with ``reason`` as the DLQ reason code
+├── ConfigError           -> start-up fails, message names the setting (exit code 2)
+├── StackError            -> the local launcher cannot start or reach a server (exit code 3)
+├── DependencyError       -> retried with backoff; the batch is not committed
+│   ├── RedisUnavailable
+│   └── InferenceUnavailable
+└── NotFound              -> HTTP 404
 """
 
 from __future__ import annotations

@@ -73,8 +73,7 @@ class TopicReader:
 
     def __init__(self, kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> None:
         self._consumer = Consumer(
-            client_config(kafka)
-            | {"group.id": "streamrec-reader", "enable.auto.commit": False}
+            client_config(kafka) | {"group.id": "streamrec-reader", "enable.auto.commit": False}
         )
         metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
         if metadata.error is not None:

@@ -98,7 +98,6 @@ def _progress(done: int, total: int, elapsed: float) -> None:
     filled = int(width * done / total)
     rate = done / elapsed if elapsed > 0 else 0.0
     sys.stderr.write(
-        f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events "
-        f"{rate:,.0f}/s"
+        f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events {rate:,.0f}/s"
     )
     sys.stderr.flush()

@@ -96,8 +96,9 @@ def events(movielens) -> list[PlannedEvent]:
 @pytest.fixture(scope="module")
 def processed(settings, worker, events):
     """Everything produced once, then again (a redelivery), and fully processed."""
-    produce_raw(settings.kafka, settings.kafka.interactions_topic,
-                [(b"bad", value) for value in MALFORMED])
+    produce_raw(
+        settings.kafka, settings.kafka.interactions_topic, [(b"bad", value) for value in MALFORMED]
+    )
     last_event = {e.user_id: e.event_id for e in events}
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
 
@@ -107,6 +108,7 @@ def processed(settings, worker, events):
             for m in messages:
                 count[json.loads(m.value())["trigger_event_id"]] += 1
             return all(count[e] >= times for e in last_event.values())
+
         return done
 
     replay(settings.kafka, events, progress=False)
@@ -141,7 +143,9 @@ def test_every_user_gets_recommendations_keyed_by_user(processed):
     assert set(final) == set(processed["last_event"])
     assert all(len(m["items"]) == 10 for m in final.values())
     assert all(m["model_version"] == "weighted-mean-v1" for m in final.values())
-    assert all(key.decode() == m["user_id"] for key, m in zip(processed["keys"], processed["messages"]))
+    assert all(
+        key.decode() == m["user_id"] for key, m in zip(processed["keys"], processed["messages"])
+    )
 
 
 def test_histories_match_the_events_in_order_and_capped(processed, events):
@@ -215,4 +219,8 @@ def test_health_and_read_api(settings, processed):
 
 def final_lists(processed) -> dict:
     last = processed["last_event"]
-    return {m["user_id"]: m for m in processed["messages"] if m["trigger_event_id"] == last[m["user_id"]]}
+    return {
+        m["user_id"]: m
+        for m in processed["messages"]
+        if m["trigger_event_id"] == last[m["user_id"]]
+    }

@@ -79,7 +79,9 @@ def test_recommender_rejects_a_bad_top_k_per_request(stack_settings, catalog):
 
 def test_new_catalog_items_are_scorable_at_once(stack_settings, catalog, redis_sync):
     store = CatalogStore(redis_sync, stack_settings.redis.key_prefix)
-    (toy_story,), _ = call(stack_settings, "embed", ["Toy Story (1995) Animation Children's Comedy"])
+    (toy_story,), _ = call(
+        stack_settings, "embed", ["Toy Story (1995) Animation Children's Comedy"]
+    )
     # A twin of Toy Story's vector is the best possible match for a Toy Story fan.
     store.upsert([CatalogItem("toy-story-twin", "Toy Story twin", "twin")], toy_story[None, :])
 

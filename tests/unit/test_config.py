@@ -14,8 +14,11 @@ def test_nested_settings_come_from_the_environment(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("STREAMREC_WORKER__TOP_K", "0"), ("STREAMREC_KAFKA__BOOTSTRAPP", "x"),
-     ("STREAMREC_LOG_LEVEL", "LOUD")],
+    [
+        ("STREAMREC_WORKER__TOP_K", "0"),
+        ("STREAMREC_KAFKA__BOOTSTRAPP", "x"),
+        ("STREAMREC_LOG_LEVEL", "LOUD"),
+    ],
 )
 def test_bad_configuration_names_the_setting(monkeypatch, name, value):
     monkeypatch.setenv(name, value)

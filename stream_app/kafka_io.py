@@ -22,15 +22,7 @@ from stream_app.config import KafkaSettings
 
 
 def client_config(kafka: KafkaSettings) -> dict:
-    config: dict = {"bootstrap.servers": kafka.bootstrap}
-    if kafka.username:
-        config |= {
-            "security.protocol": "SASL_SSL",
-            "sasl.mechanisms": "SCRAM-SHA-512",
-            "sasl.username": kafka.username,
-            "sasl.password": kafka.password.get_secret_value() if kafka.password else "",
-        }
-    return config
+    return {"bootstrap.servers": kafka.bootstrap}
 
 
 def all_topics(kafka: KafkaSettings) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from stream_app.demo import WorkerProcess
 from stream_app.devstack import free_port
 from stream_app.history import HistoryStore
 from stream_app.kafka_io import TopicReader, ensure_topics
-from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.replay import PlannedEvent, encode, plan_events, produce_raw, replay
 from tests.integration.conftest import VAR, unique
 
 pytestmark = pytest.mark.integration
@@ -196,11 +197,12 @@ def test_metrics_count_what_happened(settings, processed, events):
                 found += float(match.group(2))
         return found
 
+    topic = settings.kafka.interactions_topic  # the item test adds to other topics' counts
     clicks = sum(e.type == "click" for e in events)
-    assert total("streamrec_stream_events_consumed_total", type="click") == 2 * clicks
-    assert total("streamrec_stream_events_consumed_total") == 2 * len(events)
-    assert total("streamrec_stream_events_duplicate_total") == len(events)
-    assert total("streamrec_stream_dlq_events_total") == len(MALFORMED)
+    assert total("streamrec_stream_events_consumed_total", topic=topic, type="click") == 2 * clicks
+    assert total("streamrec_stream_events_consumed_total", topic=topic) == 2 * len(events)
+    assert total("streamrec_stream_events_duplicate_total", topic=topic) == len(events)
+    assert total("streamrec_stream_dlq_events_total", topic=topic) == len(MALFORMED)
     assert total("streamrec_stream_dlq_events_total", reason="too_large") == 1
     assert total("streamrec_recs_published_total") == len(processed["messages"])
     assert total("streamrec_recs_end_to_end_latency_seconds_count") == len(processed["messages"])
@@ -224,3 +226,59 @@ def final_lists(processed) -> dict:
         for m in processed["messages"]
         if m["trigger_event_id"] == last[m["user_id"]]
     }
+
+
+def test_a_new_item_is_recommendable_at_once_and_removable(settings, processed, redis_sync):
+    kafka = settings.kafka
+    vectors_key = f"{settings.redis.key_prefix}catalog:vectors"
+    item_id = unique("toy-story-rerelease")
+    text = "Toy Story (1995) Animation Children's Comedy"  # the text of MovieLens item 1
+    upsert = {"item_id": item_id, "title": "Toy Story (re-release)", "text": text}
+    produce_raw(kafka, kafka.items_topic, [(item_id.encode(), json.dumps(upsert).encode())])
+    produce_raw(kafka, kafka.items_topic, [(b"bad", b'{"item_id": "no-text"}')])
+    assert wait_for(lambda: redis_sync.hexists(vectors_key, item_id)), "item never stored"
+
+    fan = unique("fan")
+    first = recommendations_after(settings, PlannedEvent(fan, unique("e"), "1", "click"))
+    assert first[0]["item_id"] == item_id  # same text as what the fan watched: zero-shot match
+
+    removal = upsert | {"available": False}
+    produce_raw(kafka, kafka.items_topic, [(item_id.encode(), json.dumps(removal).encode())])
+    assert wait_for(lambda: not redis_sync.hexists(vectors_key, item_id)), "item never removed"
+    after = recommendations_after(settings, PlannedEvent(fan, unique("e"), "71", "click"))
+    assert item_id not in {i["item_id"] for i in after}
+
+    with TopicReader(kafka, kafka.items_topic + kafka.dlq_suffix) as reader:
+        assert reader.read_until(lambda messages: len(messages) >= 1, timeout_s=30)
+    assert dict(reader.messages[0].headers())["streamrec-reason"] == b"missing_field"
+
+
+def recommendations_after(settings: Settings, event: PlannedEvent) -> list[dict]:
+    """Produce one live event and return the items of the recommendations it triggered."""
+    kafka = settings.kafka
+    produce_raw(
+        kafka, kafka.interactions_topic, [(event.user_id.encode(), encode(event, time.time()))]
+    )
+    with TopicReader(kafka, kafka.recommendations_topic) as reader:
+
+        def answered(messages) -> bool:
+            return any(
+                json.loads(m.value())["trigger_event_id"] == event.event_id for m in messages
+            )
+
+        assert reader.read_until(answered, timeout_s=30)
+    (message,) = [
+        json.loads(m.value())
+        for m in reader.messages
+        if json.loads(m.value())["trigger_event_id"] == event.event_id
+    ]
+    return message["items"]
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False

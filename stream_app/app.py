@@ -9,7 +9,7 @@ import time
 import faust
 import redis.asyncio as aioredis
 
-from stream_app import web
+from stream_app import faust_kafka, web
 from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent
 from stream_app.catalog import AsyncCatalogWriter
 from stream_app.config import Settings
@@ -52,8 +52,9 @@ class FaustPublisher:
 
 def create_app(settings: Settings) -> faust.App:
     kafka = settings.kafka
-    app = faust.App(
+    app = faust_kafka.App(
         kafka.consumer_group,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         broker=[f"kafka://{host}" for host in kafka.bootstrap.split(",")],
         topic_partitions=kafka.partitions,
         web_host=settings.worker.web_host,

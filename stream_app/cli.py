@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,10 @@ def load_settings() -> Settings:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
     from stream_app.demo import prepare_stack
 
+    # Ctrl-C and SIGTERM both end in the stack's clean stop, even where the shell that
+    # started us ignores SIGINT (background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with prepare_stack(settings) as stack:
         print(f"stack ready: started={stack.started} reused={stack.reused}")
         print(f"  kafka  {settings.kafka.bootstrap}")

@@ -36,6 +36,8 @@ class KafkaSettings(_Group):
     """Consumer session timeout; short so a rebalance after a crash is quick."""
     max_poll_interval_s: float = Field(10.0, gt=0)
     """Longest gap between polls before the broker evicts a worker."""
+    fetch_max_wait_ms: int = Field(100, ge=1, le=5000)
+    """Longest a fetch waits for data (brokers that ignore fetch.min.bytes wait this long)."""
 
 
 class RedisSettings(_Group):

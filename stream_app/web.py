@@ -26,7 +26,12 @@ def register(app: faust.App, history: HistoryStore, redis_client, recommender: T
 
     @app.page("/readyz")
     async def readyz(self: View, request: Request) -> Response:
-        checks = {"redis": await _redis_ok(redis_client), "triton": await recommender.ready()}
+        checks = {
+            # Partitions assigned: the broker answered and this worker is in its group.
+            "kafka": bool(app.consumer.assignment()),
+            "redis": await _redis_ok(redis_client),
+            "triton": await recommender.ready(),
+        }
         status = 200 if all(checks.values()) else 503
         return self.json({"ready": status == 200, "checks": checks}, status=status)
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -217,6 +218,10 @@ def test_health_and_read_api(settings, processed):
         assert json.loads(response.read())["ready"] is True
     with urllib.request.urlopen(f"{base}/recommendations/{user}", timeout=5) as response:
         assert json.loads(response.read()) == final_lists(processed)[user]
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{base}/recommendations/{unique('nobody')}", timeout=5)
+    assert missing.value.code == 404
+    assert json.loads(missing.value.read())["error"] == "not_found"
 
 
 def final_lists(processed) -> dict:

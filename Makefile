@@ -2,6 +2,7 @@
 # Every target sets up what it needs from nothing and is safe to run again.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 BIN := $(VENV)/bin
 RECBOLE_WHEEL := data/recbole-1.2.1-py3-none-any.whl
@@ -16,7 +17,7 @@ help: ## list the targets
 setup: system-packages $(BIN)/.installed data models ## virtualenv, packages, data and models
 
 system-packages: ## Debian packages the local stack needs (redis-server)
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

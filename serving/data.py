@@ -79,3 +79,83 @@ def _movie(row: list[str]) -> Movie:
 def _rating(row: list[str]) -> Rating:
     user_id, item_id, rating, timestamp = row[:4]
     return Rating(user_id, item_id, float(rating), int(float(timestamp)))
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Per-user item sequences as catalog rows (1..n_items; 0 is padding), oldest first.
+
+    ``purchased`` marks ratings of 4 or more, the events the replay also sends as purchases.
+    """
+
+    item_ids: tuple[str, ...]  # row r holds item_ids[r - 1]
+    users: tuple[str, ...]
+    items: tuple[tuple[int, ...], ...]
+    purchased: tuple[tuple[bool, ...], ...]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Leave-one-out: per user, the last item is test, the one before validation."""
+
+    train: Sequences  # each user's items before the validation item
+    valid_targets: tuple[int, ...]
+    test_targets: tuple[int, ...]
+    full: Sequences  # the whole sequences (train + valid + test), for masking and inputs
+
+
+def user_sequences(movielens: MovieLens) -> Sequences:
+    """Every rating as implicit feedback, per user ordered by (timestamp, item id)."""
+    item_ids = tuple(sorted((m.item_id for m in movielens.movies), key=int))
+    row_of = {item_id: row for row, item_id in enumerate(item_ids, start=1)}
+    per_user: dict[str, list[Rating]] = {}
+    for rating in movielens.ratings:  # already ordered by time, then user, then item
+        per_user.setdefault(rating.user_id, []).append(rating)
+    users = tuple(sorted(per_user, key=int))
+    return Sequences(
+        item_ids=item_ids,
+        users=users,
+        items=tuple(tuple(row_of[r.item_id] for r in per_user[u]) for u in users),
+        purchased=tuple(tuple(r.rating >= 4 for r in per_user[u]) for u in users),
+    )
+
+
+def leave_one_out(sequences: Sequences) -> Split:
+    """Deterministic split; users with fewer than 3 items are left out (none in ML-100k)."""
+    keep = [i for i, items in enumerate(sequences.items) if len(items) >= 3]
+    train = Sequences(
+        sequences.item_ids,
+        tuple(sequences.users[i] for i in keep),
+        tuple(sequences.items[i][:-2] for i in keep),
+        tuple(sequences.purchased[i][:-2] for i in keep),
+    )
+    full = Sequences(
+        sequences.item_ids,
+        train.users,
+        tuple(sequences.items[i] for i in keep),
+        tuple(sequences.purchased[i] for i in keep),
+    )
+    return Split(
+        train=train,
+        valid_targets=tuple(sequences.items[i][-2] for i in keep),
+        test_targets=tuple(sequences.items[i][-1] for i in keep),
+        full=full,
+    )
+
+
+def without_items(sequences: Sequences, rows: frozenset[int]) -> Sequences:
+    """The same users with the given items removed from every sequence (cold-start)."""
+    pairs = [
+        [(i, p) for i, p in zip(items, bought) if i not in rows]
+        for items, bought in zip(sequences.items, sequences.purchased)
+    ]
+    return Sequences(
+        sequences.item_ids,
+        sequences.users,
+        tuple(tuple(i for i, _ in p) for p in pairs),
+        tuple(tuple(b for _, b in p) for p in pairs),
+    )

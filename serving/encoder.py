@@ -12,8 +12,6 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from serving.tokenize import MAX_SEQUENCE_LENGTH  # noqa: F401  (re-exported)
-
 EMBEDDING_DIM = 384
 ENCODER_NAME = "all-MiniLM-L6-v2"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.encoder import MAX_SEQUENCE_LENGTH, ItemEncoder, bundled_model_dir
+from serving.encoder import ItemEncoder, bundled_model_dir
 from serving.tokenize import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,3 @@ def check_parity(encoder: ItemEncoder, onnx_path: Path, tokenizer) -> float:
     if max_diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from PyTorch: max abs diff {max_diff:.2e}")
     return max_diff
-
-
-__all__ = ["export_item_embedder", "check_parity", "MAX_SEQUENCE_LENGTH"]

@@ -82,3 +82,15 @@ def recommend(
     indices[cold] = -1
     scores[cold] = -np.inf
     return indices, scores
+
+
+def collapse_history(item_ids: list, purchased: list) -> tuple[list, list]:
+    """One entry per item, at its first position, marked purchased if any event was.
+
+    The online stream sends a click and then a purchase for one item; training sequences
+    hold each item once. Collapsing makes both look alike to the model.
+    """
+    first: dict = {}
+    for item, bought in zip(item_ids, purchased):
+        first[item] = first.get(item, False) or bool(bought)
+    return list(first), list(first.values())

@@ -38,6 +38,7 @@ T = TypeVar("T")
 class RawEvent:
     """One consumed message, as the broker delivered it."""
 
+    key: bytes | None
     value: bytes
     topic: str
     partition: int
@@ -64,7 +65,11 @@ class BatchOutcome:
 
 
 class Retrier:
-    """Retries a dependency call with backoff until it succeeds: a batch is never skipped."""
+    """Retries a call with backoff until it succeeds: a batch is never skipped.
+
+    Any exception is retried, not only DependencyError: Faust acknowledges a batch even
+    when its processing raises, so an escaping error would silently drop it.
+    """
 
     def __init__(self, backoff: Backoff | None = None) -> None:
         self._backoff = backoff or Backoff()
@@ -81,7 +86,12 @@ class Retrier:
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)
+            except Exception:  # a bug or an unforeseen failure: loud, but the batch is kept
+                metrics.ERRORS.labels(component=component).inc()
+                logger.exception(
+                    'unexpected failure component="%s" retry_in_s=%.2f', component, delay
+                )
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
 
@@ -131,7 +141,7 @@ class InteractionProcessor:
         worker = self._settings.worker
         now = self._clock()
         valid: list[Interaction] = []
-        produced_at: dict[str, float] = {}
+        produced_at: dict[tuple[str, str], float] = {}
         for raw in batch:
             try:
                 event = parse_interaction(
@@ -144,7 +154,7 @@ class InteractionProcessor:
                 _dead_letter(self._publisher, raw, error, outcome)
                 continue
             valid.append(event)
-            produced_at[event.event_id] = raw.timestamp or event.ts
+            produced_at[event.user_id, event.event_id] = raw.timestamp or event.ts
             metrics.EVENTS_CONSUMED.labels(topic=raw.topic, type=event.type).inc()
         outcome.consumed = len(batch)
         return valid, produced_at
@@ -164,19 +174,21 @@ class InteractionProcessor:
             Recommendations(
                 user_id=update.user_id,
                 items=filter_seen(candidates, (h.item_id for h in update.history), k),
-                model_version=self._recommender.model_version,
+                model_version=ranked.model_version,
                 trigger_event_id=last_event[update.user_id].event_id,
                 event_ts=last_event[update.user_id].ts,
                 generated_at=now,
             )
-            for update, candidates in zip(updates, ranked)
+            for update, candidates in zip(updates, ranked.lists)
         ]
 
-    def _observe_published(self, valid: list[Interaction], produced_at: dict[str, float]) -> None:
+    def _observe_published(
+        self, valid: list[Interaction], produced_at: dict[tuple[str, str], float]
+    ) -> None:
         now = self._clock()
         triggers = {e.user_id: e.event_id for e in valid}
-        for event_id in triggers.values():
-            metrics.END_TO_END_LATENCY.observe(max(0.0, now - produced_at[event_id]))
+        for user_id, event_id in triggers.items():
+            metrics.END_TO_END_LATENCY.observe(max(0.0, now - produced_at[user_id, event_id]))
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(triggers))
 
 

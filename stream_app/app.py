@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import faust
 import redis.asyncio as aioredis
 
 from stream_app import faust_kafka, web
-from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent
+from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent, Retrier
 from stream_app.catalog import AsyncCatalogWriter
+from stream_app.catalog import redis_client as catalog_redis_client
 from stream_app.config import Settings
 from stream_app.errors import InvalidEvent
 from stream_app.events import Recommendations
@@ -24,9 +26,12 @@ logger = logging.getLogger(__name__)
 class FaustPublisher:
     """Sends outputs through Faust's producer and awaits their delivery in ``flush``."""
 
-    def __init__(self, recommendations: faust.TopicT, dead_letters: faust.TopicT) -> None:
+    def __init__(
+        self, recommendations: faust.TopicT, dead_letters: faust.TopicT, max_value_bytes: int
+    ) -> None:
         self._recommendations = recommendations
         self._dead_letters = dead_letters
+        self._max_value_bytes = max_value_bytes
         self._pending: list = []
 
     def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None:
@@ -34,9 +39,12 @@ class FaustPublisher:
             "streamrec-reason": error.reason.encode(),
             "streamrec-detail": error.detail.encode()[:1000],
             "streamrec-source": f"{event.topic}/{event.partition}/{event.offset}".encode(),
+            "streamrec-original-bytes": str(len(event.value)).encode(),
         }
-        # The original bytes travel untouched, so the event can be fixed and replayed.
-        self._pending.append(self._dead_letters.send(value=event.value, headers=headers))
+        # The original key and bytes travel untouched, so the event can be fixed and
+        # replayed; only an oversized value is cut, or the broker could refuse the DLQ write.
+        value = event.value[: self._max_value_bytes]
+        self._pending.append(self._dead_letters.send(key=event.key, value=value, headers=headers))
 
     def recommendations(self, message: Recommendations) -> None:
         self._pending.append(
@@ -78,11 +86,7 @@ def create_app(settings: Settings) -> faust.App:
     items = raw_topic(kafka.items_topic)
     items_dlq = raw_topic(kafka.items_topic + kafka.dlq_suffix)
 
-    redis_client = aioredis.Redis.from_url(
-        settings.redis.url,
-        password=settings.redis.password.get_secret_value() if settings.redis.password else None,
-        socket_timeout=settings.redis.timeout_s,
-    )
+    redis_client = catalog_redis_client(settings, aioredis.Redis)
     history = HistoryStore(
         redis_client,
         settings.redis.key_prefix,
@@ -103,15 +107,18 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
-        await recommender.connect()
+        await Retrier()("triton", recommender.connect)
         processor = InteractionProcessor(
-            settings, history, recommender, FaustPublisher(recommendations, interactions_dlq)
+            settings,
+            history,
+            recommender,
+            FaustPublisher(recommendations, interactions_dlq, worker.max_event_bytes),
         )
         async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
             # take_events acknowledges the batch only after this block returns, so the
             # offsets Faust commits never run ahead of written outputs.
             started = time.perf_counter()
-            outcome = await processor.process([_raw(e) for e in events])
+            outcome = await _process_or_exit(processor, [_raw(e) for e in events])
             logger.debug(
                 "batch events=%d dlq=%d duplicates=%d published=%d seconds=%.3f",
                 outcome.consumed,
@@ -123,19 +130,38 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(items, name="items")
     async def process_items(stream: faust.StreamT) -> None:
-        await recommender.connect()
+        await Retrier()("triton", recommender.connect)
         processor = ItemProcessor(
-            settings, catalog, recommender, FaustPublisher(recommendations, items_dlq)
+            settings,
+            catalog,
+            recommender,
+            FaustPublisher(recommendations, items_dlq, worker.max_event_bytes),
         )
         async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
-            await processor.process([_raw(e) for e in events])
+            await _process_or_exit(processor, [_raw(e) for e in events])
 
     return app
+
+
+async def _process_or_exit(processor, batch: list[RawEvent]):
+    """Process a batch; if the worker is stopped half way, exit before Faust commits it.
+
+    Faust acknowledges a batch when its block ends, even by cancellation, and commits on
+    shutdown. A batch cut short (say SIGTERM while Redis is down and we are retrying) must
+    be read again by the next worker, so the process ends here without that commit.
+    """
+    try:
+        return await processor.process(batch)
+    except asyncio.CancelledError:
+        logger.error("stopped in the middle of a batch events=%d: exiting uncommitted", len(batch))
+        logging.shutdown()
+        os._exit(75)  # EX_TEMPFAIL: the batch is redelivered to the next worker
 
 
 def _raw(event: faust.EventT) -> RawEvent:
     message = event.message
     return RawEvent(
+        key=message.key if isinstance(message.key, bytes | None) else bytes(message.key),
         value=message.value if isinstance(message.value, bytes) else bytes(message.value or b""),
         topic=message.topic,
         partition=message.partition,

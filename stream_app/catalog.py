@@ -1,9 +1,10 @@
 """Redis adapter for the item catalog: metadata, vectors and a version counter.
 
-Keys (all under the configured prefix):
-    catalog:meta     hash item_id -> JSON {"title", "text", "tags"}
-    catalog:vectors  hash item_id -> float32 little-endian bytes (unit vector)
-    catalog:version  integer, incremented on every change; readers reload when it moves
+Keys (all under the configured prefix, sharing the ``{catalog}`` hash tag so that one
+transaction can write them on Redis Cluster too):
+    {catalog}:meta     hash item_id -> JSON {"title", "text", "tags"}
+    {catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector)
+    {catalog}:version  integer, incremented on every change; readers reload when it moves
 
 The Triton ``recommender`` model reads the vectors with :class:`CatalogReader`, so a new
 item becomes scorable as soon as its vector is written.
@@ -24,10 +25,11 @@ from stream_app.errors import RedisUnavailable
 VECTOR_DTYPE = np.dtype("<f4")
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A synchronous client for the configured Redis (commands and the Triton model)."""
+def redis_client(settings: Settings, client_class=redis.Redis):
+    """A client for the configured Redis: sync by default (commands, the Triton model);
+    ``redis.asyncio.Redis`` for the worker."""
     password = settings.redis.password
-    return redis.Redis.from_url(
+    return client_class.from_url(
         settings.redis.url,
         password=password.get_secret_value() if password else None,
         socket_timeout=settings.redis.timeout_s,
@@ -40,15 +42,15 @@ class CatalogKeys:
 
     @property
     def meta(self) -> str:
-        return f"{self.prefix}catalog:meta"
+        return f"{self.prefix}{{catalog}}:meta"
 
     @property
     def vectors(self) -> str:
-        return f"{self.prefix}catalog:vectors"
+        return f"{self.prefix}{{catalog}}:vectors"
 
     @property
     def version(self) -> str:
-        return f"{self.prefix}catalog:version"
+        return f"{self.prefix}{{catalog}}:version"
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,9 @@ class TritonSettings(_Group):
 
 
 class WorkerSettings(_Group):
-    batch_max_events: int = Field(256, ge=1)
-    """Micro-batch: at most this many events per Redis pipeline and Triton request."""
+    batch_max_events: int = Field(256, ge=1, le=1024)
+    """Micro-batch: at most this many events per Redis pipeline and Triton request
+    (the recommender's max_batch_size, 1024, bounds it)."""
     batch_window_ms: int = Field(50, ge=1)
     """Micro-batch: wait at most this long to fill a batch."""
     top_k: int = Field(10, ge=1, le=100)

@@ -137,11 +137,13 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
             triggers = {json.loads(m.value())["trigger_event_id"] for m in messages}
             return wanted <= triggers
 
-        reader.read_until(all_users_served, timeout_s=120)
+        served = reader.read_until(all_users_served, timeout_s=120)
         dlq = len(dlq_reader.drain(quiet_s=2.0)) - dlq_before
         _report(settings, reader.messages, planned, last_event, dlq)
         reader.close()
         dlq_reader.close()
+    if not served:
+        raise StackError("not every user got recommendations within 120 s: see var/demo/worker.log")
 
 
 def _report(settings, messages, planned, last_event, dlq: int) -> None:

@@ -4,10 +4,9 @@ StreamRecError
 ├── InvalidEvent          -> dead-letter topic, with ``reason`` as the DLQ reason code
 ├── ConfigError           -> start-up fails, message names the setting (exit code 2)
 ├── StackError            -> the local launcher cannot start or reach a server (exit code 3)
-├── DependencyError       -> retried with backoff; the batch is not committed
-│   ├── RedisUnavailable
-│   └── InferenceUnavailable
-└── NotFound              -> HTTP 404
+└── DependencyError       -> retried with backoff; the batch is not committed
+    ├── RedisUnavailable
+    └── InferenceUnavailable
 """
 
 from __future__ import annotations
@@ -44,7 +43,3 @@ class RedisUnavailable(DependencyError):
 
 class InferenceUnavailable(DependencyError):
     """Triton did not answer in time or returned an error for the whole request."""
-
-
-class NotFound(StreamRecError):
-    """The HTTP resource does not exist (for example a user with no recommendations)."""

@@ -37,6 +37,8 @@ MAX_TITLE_CHARS = 512
 MAX_TAGS = 32
 EARLIEST_TS = 0.0  # epoch; MovieLens-era timestamps (1997) are valid history
 
+_WHITESPACE = str.maketrans({"\n": " ", "\t": " ", "\r": " "})
+
 DLQ_REASONS = (
     "too_large",
     "invalid_utf8",
@@ -108,6 +110,10 @@ def parse_interaction(
     ts = body["ts"]
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise InvalidEvent("wrong_type", "ts must be a number (epoch seconds)")
+    try:
+        ts = float(ts)  # a 400-digit integer overflows here
+    except OverflowError:
+        ts = math.inf
     if not math.isfinite(ts) or ts < EARLIEST_TS or ts > now + max_future_skew_s:
         raise InvalidEvent(
             "timestamp_out_of_range",
@@ -118,7 +124,7 @@ def parse_interaction(
         user_id=_string(body, "user_id", MAX_ID_CHARS),
         item_id=_string(body, "item_id", MAX_ID_CHARS),
         type=event_type,
-        ts=float(ts),
+        ts=ts,
     )
 
 
@@ -140,7 +146,7 @@ def parse_item(raw: bytes, *, max_bytes: int, max_text_chars: int) -> ItemUpsert
     return ItemUpsert(
         item_id=_string(body, "item_id", MAX_ID_CHARS),
         title=_string(body, "title", MAX_TITLE_CHARS),
-        text=_string(body, "text", max_text_chars),
+        text=_string(body, "text", max_text_chars, allow_whitespace=True),
         tags=tuple(tags),
         available=available,
     )
@@ -156,7 +162,7 @@ def _decode_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
         raise InvalidEvent("invalid_utf8", f"not UTF-8 at byte {exc.start}") from None
     try:
         body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSON errors, integers too long
         raise InvalidEvent("malformed_json", str(exc)[:200]) from None
     if not isinstance(body, dict):
         raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(body).__name__}")
@@ -176,12 +182,15 @@ def _check_fields(body: dict[str, Any], *, required: set[str], optional: set[str
         raise InvalidEvent("unknown_field", f"unknown field(s) {shown}")
 
 
-def _string(body: dict[str, Any], name: str, max_chars: int) -> str:
+def _string(body: dict[str, Any], name: str, max_chars: int, allow_whitespace: bool = False) -> str:
     value = body[name]
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"{name} must be a string")
     if not value.strip() or len(value) > max_chars:
         raise InvalidEvent("invalid_value", f"{name} must be 1 to {max_chars} characters")
-    if not value.isprintable():
+    # Ids never hold control characters (they end up in Redis keys and logs); free text
+    # may hold line breaks and tabs.
+    checked = value.translate(_WHITESPACE) if allow_whitespace else value
+    if not checked.isprintable():
         raise InvalidEvent("invalid_value", f"{name} must not contain control characters")
     return value

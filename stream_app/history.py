@@ -3,6 +3,7 @@
 Keys, one user's keys sharing a ``{user}`` hash tag so each Lua call stays in one
 Redis Cluster slot:
     <prefix>h:{<user>}     sorted set, member "event_id\\titem_id\\ttype", score = event ts
+                           (events with the same ts are ordered by event_id)
     <prefix>seen:{<user>}  sorted set of applied event ids (the dedup window), score = ts
     <prefix>recs:{<user>}  the latest recommendations message (JSON), same TTL
 
@@ -146,7 +147,12 @@ class HistoryStore:
 
     async def latest_recommendations(self, user_id: str) -> bytes | None:
         with track_redis("latest_recommendations"):
-            return await self._redis.get(self.recs_key(user_id))
+            try:
+                return await self._redis.get(self.recs_key(user_id))
+            except RedisError as exc:
+                raise RedisUnavailable(
+                    f"reading recommendations failed: {type(exc).__name__}"
+                ) from exc
 
 
 def _entries(flat: list) -> tuple[HistoryEntry, ...]:

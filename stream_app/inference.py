@@ -28,6 +28,14 @@ class HistoryRow:
     purchased: Sequence[bool]
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """Top-k (item_id, score) lists, one per history row, and the model that made them."""
+
+    lists: list[list[tuple[str, float]]]
+    model_version: str
+
+
 class TritonRecommender:
     def __init__(
         self, url: str, recommender_model: str, embedder_model: str, timeout_s: float
@@ -36,19 +44,15 @@ class TritonRecommender:
         self._recommender = recommender_model
         self._embedder = embedder_model
         self._timeout_s = timeout_s
-        self.model_version = "unknown"
 
     async def connect(self) -> None:
-        """Check both models are ready and read the recommender's version tag."""
+        """Check both models are ready."""
         try:
             for model in (self._recommender, self._embedder):
                 if not await self._client.is_model_ready(model):
                     raise InferenceUnavailable(f"Triton model {model} is not ready")
-            config = await self._client.get_model_config(self._recommender)
         except InferenceServerException as exc:
             raise InferenceUnavailable(f"Triton unreachable: {exc.message()}") from exc
-        parameter = config.config.parameters.get("model_version")
-        self.model_version = parameter.string_value if parameter else self._recommender
 
     async def ready(self) -> bool:
         try:
@@ -56,10 +60,10 @@ class TritonRecommender:
         except InferenceServerException:
             return False
 
-    async def recommend(self, rows: list[HistoryRow], k: int) -> list[list[tuple[str, float]]]:
+    async def recommend(self, rows: list[HistoryRow], k: int) -> Ranking:
         """Top-k (item_id, score) per history row, in one request for the whole batch."""
         if not rows:
-            return []
+            return Ranking([], "none")
         width = max(1, max(len(r.item_ids) for r in rows))
         ids = np.full((len(rows), width), b"", dtype=object)
         purchased = np.zeros((len(rows), width), dtype=bool)
@@ -72,10 +76,11 @@ class TritonRecommender:
         ]
         result = await self._infer(self._recommender, inputs, parameters={"top_k": k})
         top_ids, top_scores = result.as_numpy("TOP_IDS"), result.as_numpy("TOP_SCORES")
-        return [
+        lists = [
             [(i.decode(), float(s)) for i, s in zip(id_row, score_row) if i]
             for id_row, score_row in zip(top_ids, top_scores)
         ]
+        return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode())
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for texts, batched by EMBED_BATCH."""

@@ -8,14 +8,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+import confluent_kafka
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_app.config import KafkaSettings
@@ -51,6 +45,19 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+
+
+class Producer(confluent_kafka.Producer):
+    """confluent-kafka's producer that keeps the delivery errors it is told about."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.failures: list[str] = []
+
+    def record(self, error, message) -> None:
+        """Delivery callback: pass as ``on_delivery`` to ``produce``."""
+        if error is not None:
+            self.failures.append(str(error))
 
 
 def producer(kafka: KafkaSettings) -> Producer:

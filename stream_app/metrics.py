@@ -52,7 +52,8 @@ BATCH_DURATION = Histogram(
 )
 END_TO_END_LATENCY = Histogram(
     "streamrec_recs_end_to_end_latency_seconds",
-    "From the triggering event's timestamp to its recommendations being published.",
+    "From the triggering event entering Kafka (its message timestamp) to its recommendations"
+    " being published.",
     buckets=LATENCY_BUCKETS + (30, 60),
     registry=REGISTRY,
 )

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+
 from serving.data import Rating
 from stream_app.config import KafkaSettings
-from stream_app.kafka_io import producer
+from stream_app.kafka_io import Producer, producer
 
 PURCHASE_MIN_RATING = 4.0
 
@@ -68,7 +70,7 @@ def replay(
         _produce(out, kafka.interactions_topic, event.user_id.encode(), encode(event, clock()))
         if progress and (index % 500 == 0 or index == len(events)):
             _progress(index, len(events), time.monotonic() - started)
-    out.flush(30)
+    _flush(out)
     if progress:
         sys.stderr.write("\n")
     elapsed = time.monotonic() - started
@@ -80,13 +82,22 @@ def produce_raw(kafka: KafkaSettings, topic: str, values: list[tuple[bytes | Non
     out = producer(kafka)
     for key, value in values:
         _produce(out, topic, key, value)
-    out.flush(30)
+    _flush(out)
+
+
+def _flush(out: Producer) -> None:
+    """Wait for every delivery; a message the broker did not take is an error, not a warning."""
+    undelivered = out.flush(30)
+    if undelivered or out.failures:
+        raise KafkaException(
+            f"{undelivered} messages still queued, {len(out.failures)} failed: {out.failures[:1]}"
+        )
 
 
 def _produce(out, topic: str, key: bytes | None, value: bytes) -> None:
     while True:
         try:
-            out.produce(topic, key=key, value=value)
+            out.produce(topic, key=key, value=value, on_delivery=out.record)
             out.poll(0)
             return
         except BufferError:  # local queue full: let deliveries drain, then retry

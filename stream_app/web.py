@@ -8,6 +8,7 @@ import faust
 from faust.web import Request, Response, View
 from redis.exceptions import RedisError
 
+from stream_app.errors import RedisUnavailable
 from stream_app.history import HistoryStore
 from stream_app.inference import TritonRecommender
 from stream_app.metrics import exposition
@@ -37,7 +38,10 @@ def register(app: faust.App, history: HistoryStore, redis_client, recommender: T
 
     @app.page("/recommendations/{user_id}")
     async def recommendations(self: View, request: Request, user_id: str) -> Response:
-        body = await history.latest_recommendations(user_id)
+        try:
+            body = await history.latest_recommendations(user_id)
+        except RedisUnavailable:
+            return self.json({"error": "unavailable", "detail": "Redis did not answer"}, status=503)
         if body is None:
             return self.json(
                 {"error": "not_found", "detail": "no recommendations for this user yet"},

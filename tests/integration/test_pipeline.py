@@ -235,7 +235,7 @@ def final_lists(processed) -> dict:
 
 def test_a_new_item_is_recommendable_at_once_and_removable(settings, processed, redis_sync):
     kafka = settings.kafka
-    vectors_key = f"{settings.redis.key_prefix}catalog:vectors"
+    vectors_key = f"{settings.redis.key_prefix}{{catalog}}:vectors"
     item_id = unique("toy-story-rerelease")
     text = "Toy Story (1995) Animation Children's Comedy"  # the text of MovieLens item 1
     upsert = {"item_id": item_id, "title": "Toy Story (re-release)", "text": text}

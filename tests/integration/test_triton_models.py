@@ -29,7 +29,7 @@ def call(settings, method: str, *args, **kwargs):
         )
         try:
             await client.connect()
-            return await getattr(client, method)(*args, **kwargs), client.model_version
+            return await getattr(client, method)(*args, **kwargs)
         finally:
             await client.close()
 
@@ -38,7 +38,7 @@ def call(settings, method: str, *args, **kwargs):
 
 def test_item_embedder_matches_pytorch(stack_settings, stack):
     texts = ["Toy Story (1995) Animation Children's Comedy", "Heat (1995) Action Crime Thriller"]
-    served, _ = call(stack_settings, "embed", texts)
+    served = call(stack_settings, "embed", texts)
 
     tokenizer = load_tokenizer(bundled_model_dir() / "tokenizer.json")
     input_ids, mask = tokenizer.encode_batch(texts)
@@ -57,9 +57,10 @@ def test_item_embedder_rejects_empty_text(stack_settings, stack):
 
 def test_recommender_excludes_history_and_reports_its_version(stack_settings, catalog):
     rows = [HistoryRow(["1", "71", "95"], [False, True, False]), HistoryRow(["50"], [True])]
-    ranked, version = call(stack_settings, "recommend", rows, 10)
+    ranking = call(stack_settings, "recommend", rows, 10)
+    ranked = ranking.lists
 
-    assert version == "weighted-mean-v1"
+    assert ranking.model_version
     assert [len(r) for r in ranked] == [10, 10]
     assert not {item for item, _ in ranked[0]} & {"1", "71", "95"}
     assert "50" not in {item for item, _ in ranked[1]}
@@ -68,8 +69,8 @@ def test_recommender_excludes_history_and_reports_its_version(stack_settings, ca
 
 
 def test_recommender_gives_unknown_only_histories_nothing(stack_settings, catalog):
-    ranked, _ = call(stack_settings, "recommend", [HistoryRow(["no-such-item"], [False])], 5)
-    assert ranked == [[]]
+    ranking = call(stack_settings, "recommend", [HistoryRow(["no-such-item"], [False])], 5)
+    assert ranking.lists == [[]]
 
 
 def test_recommender_rejects_a_bad_top_k_per_request(stack_settings, catalog):
@@ -79,12 +80,10 @@ def test_recommender_rejects_a_bad_top_k_per_request(stack_settings, catalog):
 
 def test_new_catalog_items_are_scorable_at_once(stack_settings, catalog, redis_sync):
     store = CatalogStore(redis_sync, stack_settings.redis.key_prefix)
-    (toy_story,), _ = call(
-        stack_settings, "embed", ["Toy Story (1995) Animation Children's Comedy"]
-    )
+    (toy_story,) = call(stack_settings, "embed", ["Toy Story (1995) Animation Children's Comedy"])
     # A twin of Toy Story's vector is the best possible match for a Toy Story fan.
     store.upsert([CatalogItem("toy-story-twin", "Toy Story twin", "twin")], toy_story[None, :])
 
-    ranked, _ = call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 3)
+    ranking = call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 3)
 
-    assert ranked[0][0][0] == "toy-story-twin"
+    assert ranking.lists[0][0][0] == "toy-story-twin"

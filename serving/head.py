@@ -1,0 +1,155 @@
+"""The trained scoring head: a causal Transformer over a user's history of items.
+
+Each item enters as its frozen BERT text vector through a small trainable adapter, plus,
+optionally, a learned id embedding (zero for items never seen in training, so new items
+still score by text alone). Position and event type (click or purchase) are added, a
+causal Transformer reads the sequence, and the last position is the user vector. Scores
+are dot products with every item's vector from the same adapter.
+
+Sequences are left-padded (row 0) so the newest item always sits at the last position.
+Model code only: data, training and export live beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    n_items: int
+    """Catalog rows, padding row 0 not included."""
+    text_dim: int = 384
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    use_text: bool = True
+    """Item vectors from BERT text (the cold-start path)."""
+    use_ids: bool = True
+    """Add a learned per-item embedding for items seen in training."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    """Catalog rows -> item vectors in the head's space."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        if not (config.use_text or config.use_ids):
+            raise ValueError("an item needs text, ids or both")
+        self.adapter = (
+            nn.Sequential(
+                nn.Linear(config.text_dim, config.hidden),
+                nn.GELU(),
+                nn.Linear(config.hidden, config.hidden),
+            )
+            if config.use_text
+            else None
+        )
+        self.ids = (
+            nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
+            if config.use_ids
+            else None
+        )
+
+    def forward(self, text_vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``text_vectors`` [n, text_dim] and ``rows`` [n] (id rows; 0 = no learned id)."""
+        vectors = self.adapter(text_vectors) if self.adapter is not None else 0.0
+        if self.ids is not None:
+            vectors = vectors + self.ids(rows)
+        return vectors
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm self-attention + feed-forward; written out so it exports to ONNX plainly."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ff = nn.Sequential(
+            nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, length, self.heads, hidden // self.heads).transpose(1, 2)
+
+        q, k, v = split(q), split(k), split(v)
+        weights = q @ k.transpose(-2, -1) / math.sqrt(hidden // self.heads) + attention_bias
+        attended = (self.dropout(weights.softmax(dim=-1)) @ v).transpose(1, 2)
+        x = x + self.dropout(self.out(attended.reshape(batch, length, hidden)))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class SequenceEncoder(nn.Module):
+    """Item vectors of a history [B, L, H] + event types [B, L] -> user vectors [B, H]."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.position = nn.Embedding(config.max_len, config.hidden)
+        self.event_type = nn.Embedding(3, config.hidden)  # 0 padding, 1 click, 2 purchase
+        self.blocks = nn.ModuleList(
+            CausalBlock(config.hidden, config.heads, config.dropout) for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(config.hidden)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, item_vectors: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
+        """Hidden state at every position [B, L, H]; the last one is the user vector."""
+        length = item_vectors.shape[1]
+        valid = event_types > 0
+        positions = torch.arange(length, device=item_vectors.device)
+        x = item_vectors * valid.unsqueeze(-1)
+        x = x + self.position(positions + self.position.num_embeddings - length)
+        x = self.dropout(x + self.event_type(event_types))
+        # Position i sees valid positions j <= i, and always itself (so no row is empty).
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        allowed = causal & (
+            valid.unsqueeze(1) | torch.eye(length, dtype=torch.bool, device=x.device)
+        )
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        bias = bias.masked_fill(~allowed, -1e9).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+
+class ScoringHead(nn.Module):
+    def __init__(self, config: HeadConfig, text_vectors: torch.Tensor) -> None:
+        super().__init__()
+        self.config = config
+        # Frozen BERT vectors, one per catalog row (row 0: padding, zeros).
+        self.register_buffer("text_vectors", text_vectors.float(), persistent=False)
+        self.items = ItemTower(config)
+        self.sequence = SequenceEncoder(config)
+
+    def catalog(self) -> torch.Tensor:
+        """Vectors of every catalog row [n_items + 1, H] (row 0 is never recommended)."""
+        rows = torch.arange(self.text_vectors.shape[0], device=self.text_vectors.device)
+        return self.items(self.text_vectors, rows)
+
+    def hidden_states(
+        self, catalog: torch.Tensor, rows: torch.Tensor, event_types: torch.Tensor
+    ) -> torch.Tensor:
+        return self.sequence(catalog[rows], event_types)
+
+    def user_vectors(
+        self, catalog: torch.Tensor, rows: torch.Tensor, event_types: torch.Tensor
+    ) -> torch.Tensor:
+        return self.hidden_states(catalog, rows, event_types)[:, -1]

@@ -1,0 +1,162 @@
+"""Training the scoring head: next-item prediction with full softmax over the catalog.
+
+Each user's training sequence is cut into windows of ``max_len + 1`` items (newest window
+first); every position predicts the item after it. Early stopping watches validation
+NDCG@10 under the same full-ranking protocol as the final evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.data import Sequences, Split
+from serving.evaluate import ScoreFn, Task, evaluate
+from serving.head import HeadConfig, ScoringHead
+
+logger = logging.getLogger(__name__)
+
+CLICK, PURCHASE = 1, 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    """Stop after this many epochs without a better validation NDCG@10."""
+    sampled_negatives: int = 0
+    """0 = full softmax over the catalog; n > 0 = softmax over the target and n random items."""
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: ScoringHead
+    best_epoch: int
+    curve: list[dict] = field(default_factory=list)  # per epoch: loss, valid metrics, seconds
+
+    def summary(self) -> dict:
+        return {"best_epoch": self.best_epoch, "curve": self.curve}
+
+
+def left_pad(
+    histories: Sequence[Sequence[int]], purchased: Sequence[Sequence[bool]], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The newest ``length`` items of each history, right-aligned: (rows, event types)."""
+    rows = np.zeros((len(histories), length), dtype=np.int64)
+    types = np.zeros((len(histories), length), dtype=np.int64)
+    for i, (items, bought) in enumerate(zip(histories, purchased)):
+        recent, recent_bought = list(items[-length:]), list(bought[-length:])
+        if recent:
+            rows[i, -len(recent) :] = recent
+            types[i, -len(recent) :] = np.where(recent_bought, PURCHASE, CLICK)
+    return rows, types
+
+
+def training_windows(train: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of max_len + 1 items cut from each sequence's end backwards."""
+    windows, kinds = [], []
+    for items, bought in zip(train.items, train.purchased):
+        for end in range(len(items), 1, -max_len):
+            start = max(0, end - max_len - 1)
+            windows.append(items[start:end])
+            kinds.append(bought[start:end])
+    return left_pad(windows, kinds, max_len + 1)
+
+
+def score_fn(model: ScoringHead) -> ScoreFn:
+    """Full-catalog scores from a trained head, for the evaluation protocol."""
+
+    def score(histories, purchased) -> np.ndarray:
+        model.eval()
+        rows, types = left_pad(histories, purchased, model.config.max_len)
+        with torch.no_grad():
+            catalog = model.catalog()
+            users = model.user_vectors(catalog, torch.from_numpy(rows), torch.from_numpy(types))
+            return (users @ catalog.T).numpy()
+
+    return score
+
+
+def train_head(
+    head_config: HeadConfig,
+    config: TrainConfig,
+    split: Split,
+    text_vectors: np.ndarray,
+    valid: Task,
+    progress: bool = True,
+) -> TrainResult:
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = ScoringHead(head_config, torch.from_numpy(text_vectors))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    rows, types = training_windows(split.train, head_config.max_len)
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    result = TrainResult(model, 0)
+    for epoch in range(1, config.epochs + 1):
+        started = time.monotonic()
+        model.train()
+        losses = []
+        for batch in np.array_split(
+            rng.permutation(len(rows)), max(1, len(rows) // config.batch_size)
+        ):
+            loss = _batch_loss(model, rows[batch], types[batch], config.sampled_negatives, rng)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = evaluate(score_fn(model), valid)
+        result.curve.append(
+            {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.monotonic() - started}
+            | {f"valid_{k}": v for k, v in metrics.items() if k != "users"}
+        )
+        if metrics["ndcg@10"] > best[0]:
+            best = (metrics["ndcg@10"], epoch, copy.deepcopy(model.state_dict()))
+        if progress:
+            sys.stderr.write(
+                f"\repoch {epoch:3d} loss {np.mean(losses):.4f} valid ndcg@10 "
+                f"{metrics['ndcg@10']:.4f} (best {best[0]:.4f} at {best[1]})"
+            )
+        if epoch - best[1] >= config.patience:
+            break
+    if progress:
+        sys.stderr.write("\n")
+    model.load_state_dict(best[2])
+    result.best_epoch = best[1]
+    return result
+
+
+def _batch_loss(model, rows, types, sampled_negatives: int, rng) -> torch.Tensor:
+    rows_t, types_t = torch.from_numpy(rows), torch.from_numpy(types)
+    inputs, input_types, targets = rows_t[:, :-1], types_t[:, :-1], rows_t[:, 1:]
+    catalog = model.catalog()
+    hidden = model.hidden_states(catalog, inputs, input_types)
+    predict = (targets > 0) & (inputs > 0)
+    hidden, targets = hidden[predict], targets[predict]
+    if sampled_negatives:
+        negatives = torch.from_numpy(rng.integers(1, catalog.shape[0], sampled_negatives))
+        candidates = torch.cat([targets, negatives])
+        logits = hidden @ catalog[candidates].T
+        labels = torch.arange(len(targets))
+        # Other positions' targets double as negatives: in-batch sampling's usual small bias.
+        return nn.functional.cross_entropy(logits, labels)
+    logits = hidden @ catalog.T
+    logits[:, 0] = -torch.inf  # padding is never a prediction
+    return nn.functional.cross_entropy(logits, targets)
+
+
+def config_dict(head_config: HeadConfig, config: TrainConfig) -> dict:
+    return {"head": head_config.to_dict(), "train": asdict(config)}

@@ -181,7 +181,12 @@ def test_malformed_events_land_in_the_dlq_with_their_reason(settings, processed)
         reader.read_until(lambda messages: len(messages) >= len(MALFORMED), timeout_s=30)
         messages = reader.drain(quiet_s=1.0)
     received = {m.value(): dict(m.headers())["streamrec-reason"].decode() for m in messages}
-    assert received == MALFORMED
+    # Original bytes come back as sent, but cut at the size limit (the DLQ must accept them).
+    limit = settings.worker.max_event_bytes
+    assert received == {value[:limit]: reason for value, reason in MALFORMED.items()}
+    sizes = {dict(m.headers())["streamrec-original-bytes"] for m in messages}
+    assert sizes == {str(len(value)).encode() for value in MALFORMED}
+    assert {m.key() for m in messages} == {b"bad"}
     assert all(dict(m.headers())["streamrec-source"].startswith(b"it-") for m in messages)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from serving.offline_args import add_offline_commands
 from stream_app import logs
 from stream_app.config import Settings
 from stream_app.errors import ConfigError, StackError
@@ -89,6 +90,18 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
     print(f"item_embedder exported to {version_dir}")
 
 
+def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.offline import train_command
+
+    train_command(args, Path(settings.triton.model_repository))
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.offline import evaluate_command
+
+    evaluate_command(args)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from stream_app.demo import run_demo
 
@@ -108,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--run-id", default="", help="distinguishes event ids between runs")
     export = sub.add_parser("export", help="export the item encoder to ONNX for Triton")
     export.add_argument("--force", action="store_true", help="export even if present")
+    add_offline_commands(sub)
     demo = sub.add_parser("demo", help="stack + worker + short replay, prints live results")
     demo.add_argument("--events", type=int, default=3000, help="events to replay")
     demo.add_argument("--rate", type=float, default=1000.0, help="events per second")
@@ -121,6 +135,8 @@ COMMANDS = {
     "replay": cmd_replay,
     "export": cmd_export,
     "demo": cmd_demo,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
 }
 
 

@@ -1,0 +1,153 @@
+"""Scoring-head inference speed and parity: PyTorch on the CPU vs CUDA (fp32, bf16).
+
+    python bench/head_speed.py --run var/models/head --out bench/results/head_speed
+
+Each row scores users against the whole catalog (user vectors, dot products, top-10), the
+work the Triton recommender does per request. The baseline, PyTorch eager fp32 on the CPU,
+runs in the same process, so the ratios hold whatever the machine's load. Parity: max abs
+score difference against CPU fp32 and the share of users whose top-10 is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.offline import load_run, prepare
+from serving.train import left_pad
+from serving.evaluate import next_item_task
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (and compilation)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", type=Path, default=Path("var/models/head"))
+    parser.add_argument("--vectors", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/head_speed"))
+    parser.add_argument("--catalog", type=int, nargs="+", default=[1682, 100_000])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 256, 1024])
+    args = parser.parse_args()
+
+    prepared = prepare(args.vectors)
+    model, _ = load_run(args.run, prepared.text_vectors)
+    valid = next_item_task(prepared.split, "valid")
+    rows_all, types_all = left_pad(valid.histories, valid.purchased, model.config.max_len)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = []
+    for catalog_size in args.catalog:
+        # Synthetic catalogs beyond MovieLens: real text vectors repeated, slightly moved.
+        rng = np.random.default_rng(0)
+        text = prepared.text_vectors
+        reps = int(np.ceil(catalog_size / (len(text) - 1)))
+        big = np.vstack([text[:1]] + [text[1:]] * reps)[: catalog_size + 1]
+        big = (
+            big
+            + rng.normal(0, 0.01, big.shape).astype(np.float32)
+            * (np.arange(len(big)) > len(text) - 1)[:, None]
+        )
+        reference = {}
+        for device in devices:
+            for dtype in [torch.float32] + ([torch.bfloat16] if device == "cuda" else []):
+                m = load_run(args.run, big.astype(np.float32))[0].to(device=device, dtype=dtype)
+                with torch.no_grad():
+                    catalog = (
+                        m.catalog()
+                        if m.config.use_ids is False
+                        else _catalog(m, big, device, dtype)
+                    )
+                for batch in args.batch:
+                    rows = torch.from_numpy(np.resize(rows_all, (batch, rows_all.shape[1]))).to(
+                        device
+                    )
+                    types = torch.from_numpy(np.resize(types_all, (batch, types_all.shape[1]))).to(
+                        device
+                    )
+
+                    def run():
+                        with torch.no_grad():
+                            users = m.user_vectors(catalog, rows, types)
+                            return torch.topk(users @ catalog.T, 10)
+
+                    repeats = (
+                        20
+                        if device == "cuda"
+                        else max(1, 2000 // (batch * max(1, catalog_size // 2000)))
+                    )
+                    seconds = timed(run, repeats)
+                    with torch.no_grad():
+                        scores = (m.user_vectors(catalog, rows, types) @ catalog.T).float().cpu()
+                    key = (catalog_size, batch)
+                    if device == "cpu":
+                        reference[key] = scores
+                        diff, same = 0.0, 1.0
+                    else:
+                        diff = float((scores - reference[key]).abs().max())
+                        top_ref = torch.topk(reference[key], 10).indices
+                        same = float(
+                            (torch.topk(scores, 10).indices == top_ref).all(dim=1).float().mean()
+                        )
+                    results.append(
+                        {
+                            "catalog": catalog_size,
+                            "batch": batch,
+                            "device": device,
+                            "dtype": str(dtype).replace("torch.", ""),
+                            "seconds": seconds,
+                            "users_per_s": batch / seconds,
+                            "max_abs_diff": diff,
+                            "same_top10": same,
+                        }
+                    )
+                    print(json.dumps(results[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    (args.out / "head_speed.json").write_text(
+        json.dumps({"machine": machine, "results": results}, indent=1)
+    )
+    base = {(r["catalog"], r["batch"]): r["users_per_s"] for r in results if r["device"] == "cpu"}
+    lines = [
+        f"machine: {machine}, torch {torch.__version__}",
+        "",
+        "| catalog | batch | device | dtype | users/s | x CPU fp32 | max abs diff | same top-10 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        ratio = r["users_per_s"] / base[(r["catalog"], r["batch"])]
+        lines.append(
+            f"| {r['catalog']:,} | {r['batch']} | {r['device']} | {r['dtype']} | "
+            f"{r['users_per_s']:,.0f} | {ratio:.1f} | {r['max_abs_diff']:.2e} | {r['same_top10']:.3f} |"
+        )
+    (args.out / "head_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _catalog(model, text, device, dtype):
+    # Catalog rows beyond the trained ones have no learned id: text only, like new items.
+    rows = torch.arange(len(text), device=device)
+    rows = (
+        torch.where(rows < model.items.ids.num_embeddings, rows, torch.zeros_like(rows))
+        if model.items.ids is not None
+        else rows
+    )
+    return model.items(model.text_vectors, rows)
+
+
+if __name__ == "__main__":
+    main()

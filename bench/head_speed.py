@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serving.evaluate import next_item_task
 from serving.offline import load_run, prepare
 from serving.train import left_pad
-from serving.evaluate import next_item_task
 
 
 def timed(fn, repeats: int) -> float:
@@ -52,70 +52,32 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = []
     for catalog_size in args.catalog:
-        # Synthetic catalogs beyond MovieLens: real text vectors repeated, slightly moved.
-        rng = np.random.default_rng(0)
-        text = prepared.text_vectors
-        reps = int(np.ceil(catalog_size / (len(text) - 1)))
-        big = np.vstack([text[:1]] + [text[1:]] * reps)[: catalog_size + 1]
-        big = (
-            big
-            + rng.normal(0, 0.01, big.shape).astype(np.float32)
-            * (np.arange(len(big)) > len(text) - 1)[:, None]
-        )
-        reference = {}
+        big = synthetic_catalog(prepared.text_vectors, catalog_size)
+        reference: dict = {}
         for device in devices:
             for dtype in [torch.float32] + ([torch.bfloat16] if device == "cuda" else []):
-                m = load_run(args.run, big.astype(np.float32))[0].to(device=device, dtype=dtype)
+                model = load_run(args.run, big)[0].to(device=device, dtype=dtype)
                 with torch.no_grad():
-                    catalog = (
-                        m.catalog()
-                        if m.config.use_ids is False
-                        else _catalog(m, big, device, dtype)
-                    )
+                    catalog = catalog_vectors(model, device)
                 for batch in args.batch:
-                    rows = torch.from_numpy(np.resize(rows_all, (batch, rows_all.shape[1]))).to(
-                        device
+                    rows = torch.from_numpy(np.resize(rows_all, (batch, rows_all.shape[1])))
+                    types = torch.from_numpy(np.resize(types_all, (batch, types_all.shape[1])))
+                    row = measure(
+                        model,
+                        catalog,
+                        rows.to(device),
+                        types.to(device),
+                        reference,
+                        (catalog_size, batch),
                     )
-                    types = torch.from_numpy(np.resize(types_all, (batch, types_all.shape[1]))).to(
-                        device
-                    )
-
-                    def run():
-                        with torch.no_grad():
-                            users = m.user_vectors(catalog, rows, types)
-                            return torch.topk(users @ catalog.T, 10)
-
-                    repeats = (
-                        20
-                        if device == "cuda"
-                        else max(1, 2000 // (batch * max(1, catalog_size // 2000)))
-                    )
-                    seconds = timed(run, repeats)
-                    with torch.no_grad():
-                        scores = (m.user_vectors(catalog, rows, types) @ catalog.T).float().cpu()
-                    key = (catalog_size, batch)
-                    if device == "cpu":
-                        reference[key] = scores
-                        diff, same = 0.0, 1.0
-                    else:
-                        diff = float((scores - reference[key]).abs().max())
-                        top_ref = torch.topk(reference[key], 10).indices
-                        same = float(
-                            (torch.topk(scores, 10).indices == top_ref).all(dim=1).float().mean()
-                        )
-                    results.append(
-                        {
-                            "catalog": catalog_size,
-                            "batch": batch,
-                            "device": device,
-                            "dtype": str(dtype).replace("torch.", ""),
-                            "seconds": seconds,
-                            "users_per_s": batch / seconds,
-                            "max_abs_diff": diff,
-                            "same_top10": same,
-                        }
-                    )
-                    print(json.dumps(results[-1]), flush=True)
+                    row |= {
+                        "catalog": catalog_size,
+                        "batch": batch,
+                        "device": device,
+                        "dtype": str(dtype).replace("torch.", ""),
+                    }
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     (args.out / "head_speed.json").write_text(
@@ -132,21 +94,52 @@ def main() -> None:
         ratio = r["users_per_s"] / base[(r["catalog"], r["batch"])]
         lines.append(
             f"| {r['catalog']:,} | {r['batch']} | {r['device']} | {r['dtype']} | "
-            f"{r['users_per_s']:,.0f} | {ratio:.1f} | {r['max_abs_diff']:.2e} | {r['same_top10']:.3f} |"
+            f"{r['users_per_s']:,.0f} | {ratio:.1f} | {r['max_abs_diff']:.2e} | "
+            f"{r['same_top10']:.3f} |"
         )
     (args.out / "head_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def _catalog(model, text, device, dtype):
+def synthetic_catalog(text: np.ndarray, size: int) -> np.ndarray:
+    """MovieLens' text vectors repeated (slightly moved) up to ``size`` items + padding."""
+    rng = np.random.default_rng(0)
+    reps = int(np.ceil(size / (len(text) - 1)))
+    big = np.vstack([text[:1]] + [text[1:]] * reps)[: size + 1].copy()
+    big[len(text) :] += rng.normal(0, 0.01, big[len(text) :].shape).astype(np.float32)
+    return big.astype(np.float32)
+
+
+def catalog_vectors(model, device):
     # Catalog rows beyond the trained ones have no learned id: text only, like new items.
-    rows = torch.arange(len(text), device=device)
-    rows = (
-        torch.where(rows < model.items.ids.num_embeddings, rows, torch.zeros_like(rows))
-        if model.items.ids is not None
-        else rows
-    )
+    rows = torch.arange(len(model.text_vectors), device=device)
+    if model.items.ids is not None:
+        rows = torch.where(rows < model.items.ids.num_embeddings, rows, torch.zeros_like(rows))
     return model.items(model.text_vectors, rows)
+
+
+def measure(model, catalog, rows, types, reference: dict, key) -> dict:
+    """Seconds per scoring call, and parity with the CPU fp32 scores of the same inputs."""
+
+    def run():
+        with torch.no_grad():
+            return torch.topk(model.user_vectors(catalog, rows, types) @ catalog.T, 10)
+
+    on_cpu = rows.device.type == "cpu"
+    work = rows.shape[0] * catalog.shape[0]
+    seconds = timed(run, repeats=max(1, min(50, 5_000_000 // work)) if on_cpu else 50)
+    with torch.no_grad():
+        scores = (model.user_vectors(catalog, rows, types) @ catalog.T).float().cpu()
+    if on_cpu and scores.dtype == torch.float32 and key not in reference:
+        reference[key] = scores
+    expected = reference[key]
+    same = (torch.topk(scores, 10).indices == torch.topk(expected, 10).indices).all(dim=1)
+    return {
+        "seconds": seconds,
+        "users_per_s": rows.shape[0] / seconds,
+        "max_abs_diff": float((scores - expected).abs().max()),
+        "same_top10": float(same.float().mean()),
+    }
 
 
 if __name__ == "__main__":

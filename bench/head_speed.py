@@ -58,7 +58,7 @@ def main() -> None:
             for dtype in [torch.float32] + ([torch.bfloat16] if device == "cuda" else []):
                 model = load_run(args.run, big)[0].to(device=device, dtype=dtype)
                 with torch.no_grad():
-                    catalog = catalog_vectors(model, device)
+                    catalog = model.catalog()
                 for batch in args.batch:
                     rows = torch.from_numpy(np.resize(rows_all, (batch, rows_all.shape[1])))
                     types = torch.from_numpy(np.resize(types_all, (batch, types_all.shape[1])))
@@ -108,14 +108,6 @@ def synthetic_catalog(text: np.ndarray, size: int) -> np.ndarray:
     big = np.vstack([text[:1]] + [text[1:]] * reps)[: size + 1].copy()
     big[len(text) :] += rng.normal(0, 0.01, big[len(text) :].shape).astype(np.float32)
     return big.astype(np.float32)
-
-
-def catalog_vectors(model, device):
-    # Catalog rows beyond the trained ones have no learned id: text only, like new items.
-    rows = torch.arange(len(model.text_vectors), device=device)
-    if model.items.ids is not None:
-        rows = torch.where(rows < model.items.ids.num_embeddings, rows, torch.zeros_like(rows))
-    return model.items(model.text_vectors, rows)
 
 
 def measure(model, catalog, rows, types, reference: dict, key) -> dict:

@@ -111,7 +111,8 @@ def check_parity(model: ScoringHead, onnx_dir: Path, rows: np.ndarray, types: np
     encoder = ort.InferenceSession(
         str(onnx_dir / "sequence_encoder.onnx"), providers=["CPUExecutionProvider"]
     )
-    (onnx_catalog,) = tower.run(None, {"text_vectors": text, "id_rows": np.arange(len(text))})
+    id_rows = model.id_rows.numpy()
+    (onnx_catalog,) = tower.run(None, {"text_vectors": text, "id_rows": id_rows})
     (users,) = encoder.run(None, {"history_vectors": onnx_catalog[rows], "event_types": types})
     actual = users @ onnx_catalog.T
     max_diff = float(np.abs(expected - actual).max())

@@ -33,6 +33,9 @@ class HeadConfig:
     """Item vectors from BERT text (the cold-start path)."""
     use_ids: bool = True
     """Add a learned per-item embedding for items seen in training."""
+    id_dropout: float = 0.0
+    """Training only: share of items whose learned id is hidden in each batch, so the
+    model also learns to rank by text alone, as it must for new items."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,17 +134,31 @@ class SequenceEncoder(nn.Module):
 
 
 class ScoringHead(nn.Module):
-    def __init__(self, config: HeadConfig, text_vectors: torch.Tensor) -> None:
+    def __init__(
+        self,
+        config: HeadConfig,
+        text_vectors: torch.Tensor,
+        id_rows: torch.Tensor | None = None,
+    ) -> None:
+        """``id_rows`` maps each catalog row to its learned-id row, 0 for items that have
+        none (never seen in training): those are scored by their text alone, as new items
+        are online. By default every row has its own id."""
         super().__init__()
         self.config = config
         # Frozen BERT vectors, one per catalog row (row 0: padding, zeros).
         self.register_buffer("text_vectors", text_vectors.float(), persistent=False)
+        if id_rows is None:
+            id_rows = torch.arange(text_vectors.shape[0])
+        self.register_buffer("id_rows", id_rows.long(), persistent=False)
         self.items = ItemTower(config)
         self.sequence = SequenceEncoder(config)
 
     def catalog(self) -> torch.Tensor:
         """Vectors of every catalog row [n_items + 1, H] (row 0 is never recommended)."""
-        rows = torch.arange(self.text_vectors.shape[0], device=self.text_vectors.device)
+        rows = self.id_rows
+        if self.training and self.config.id_dropout > 0:
+            hidden = torch.rand(rows.shape, device=rows.device) < self.config.id_dropout
+            rows = rows.masked_fill(hidden, 0)
         return self.items(self.text_vectors, rows)
 
     def hidden_states(

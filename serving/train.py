@@ -101,11 +101,20 @@ def train_head(
     text_vectors: np.ndarray,
     valid: Task,
     progress: bool = True,
+    held_out: frozenset[int] = frozenset(),
 ) -> TrainResult:
-    """Train on ``train``'s sequences; keep the epoch with the best ``valid`` NDCG@10."""
+    """Train on ``train``'s sequences; keep the epoch with the best ``valid`` NDCG@10.
+
+    Only items that occur in ``train`` get a learned id. ``held_out`` rows are outside
+    the catalog during training altogether (not even negatives), as items that do not
+    exist yet; afterwards they are scored by text like any new item.
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = ScoringHead(head_config, torch.from_numpy(text_vectors)).to(config.device)
+    model = ScoringHead(
+        head_config, torch.from_numpy(text_vectors), torch.from_numpy(learned_id_rows(train))
+    ).to(config.device)
+    outside = torch.tensor(sorted(held_out), dtype=torch.long, device=config.device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -120,7 +129,9 @@ def train_head(
         losses = []
         order = torch.from_numpy(rng.permutation(len(rows))).to(config.device)
         for batch in order.split(config.batch_size):
-            loss = _batch_loss(model, rows[batch], types[batch], config.sampled_negatives, rng)
+            loss = _batch_loss(
+                model, rows[batch], types[batch], config.sampled_negatives, rng, outside
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -146,7 +157,15 @@ def train_head(
     return result
 
 
-def _batch_loss(model, rows, types, sampled_negatives: int, rng) -> torch.Tensor:
+def learned_id_rows(train: Sequences) -> np.ndarray:
+    """Per catalog row: its own row if the item occurs in training, else 0 (no id)."""
+    seen = np.zeros(train.n_items + 1, dtype=bool)
+    for items in train.items:
+        seen[list(items)] = True
+    return np.where(seen, np.arange(train.n_items + 1), 0)
+
+
+def _batch_loss(model, rows, types, sampled_negatives: int, rng, outside) -> torch.Tensor:
     inputs, input_types, targets = rows[:, :-1], types[:, :-1], rows[:, 1:]
     catalog = model.catalog()
     hidden = model.hidden_states(catalog, inputs, input_types)
@@ -157,11 +176,13 @@ def _batch_loss(model, rows, types, sampled_negatives: int, rng) -> torch.Tensor
         negatives = negatives.to(rows.device)
         candidates = torch.cat([targets, negatives])
         logits = hidden @ catalog[candidates].T
+        logits[:, torch.isin(candidates, outside)] = -torch.inf
         labels = torch.arange(len(targets), device=rows.device)
         # Other positions' targets double as negatives: in-batch sampling's usual small bias.
         return nn.functional.cross_entropy(logits, labels)
     logits = hidden @ catalog.T
     logits[:, 0] = -torch.inf  # padding is never a prediction
+    logits[:, outside] = -torch.inf  # held-out items do not exist yet
     return nn.functional.cross_entropy(logits, targets)
 
 

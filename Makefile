@@ -9,7 +9,7 @@ RECBOLE_WHEEL := data/recbole-1.2.1-py3-none-any.whl
 ONNX_MODEL := model_repository/item_embedder/1/model.onnx
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models demo up test test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up test test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 
 $(ONNX_MODEL): serving/encoder.py serving/export.py serving/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
+
+head: setup ## train the scoring head (CPU, ~5 min) and serve it as recommender version 2
+	$(BIN)/streamrec train --epochs 60 --export
+
+evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVICE=cuda on a GPU)
+	$(BIN)/streamrec evaluate --device $(or $(DEVICE),cpu) --jobs $(or $(JOBS),1)
 
 demo: setup ## start the local stack, run a worker and a short replay, print live results
 	$(BIN)/streamrec demo

@@ -408,6 +408,7 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
         dropout=args.dropout,
         use_text=not args.no_text,
         use_ids=not args.no_ids,
+        id_dropout=0.0 if args.no_ids else args.id_dropout,
     )
     result, metrics = run_head(prepared, head, _train_config(args), "standard", progress=True)
     save_run(result, metrics, protocol_data(prepared, "standard")[0], args.out)

@@ -36,6 +36,10 @@ def add_offline_commands(sub) -> None:
     train = sub.choices["train"]
     train.add_argument("--no-text", action="store_true", help="id embeddings only (SASRec)")
     train.add_argument("--no-ids", action="store_true", help="text only (no learned ids)")
+    train.add_argument(
+        "--id-dropout", type=float, default=0.5,
+        help="share of learned ids hidden per batch (keeps new items rankable by text)",
+    )
     train.add_argument("--out", type=Path, default=Path("var/models/head"))
     train.add_argument("--export", action="store_true", help="export into model_repository")
     train.add_argument("--version", type=int, default=2, help="recommender version to write")

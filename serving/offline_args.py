@@ -37,7 +37,9 @@ def add_offline_commands(sub) -> None:
     train.add_argument("--no-text", action="store_true", help="id embeddings only (SASRec)")
     train.add_argument("--no-ids", action="store_true", help="text only (no learned ids)")
     train.add_argument(
-        "--id-dropout", type=float, default=0.5,
+        "--id-dropout",
+        type=float,
+        default=0.5,
         help="share of learned ids hidden per batch (keeps new items rankable by text)",
     )
     train.add_argument("--out", type=Path, default=Path("var/models/head"))

@@ -8,6 +8,7 @@ test fails — it never skips.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,18 @@ from stream_app.devstack import DevStack, free_port
 VAR = Path("var/test")
 
 
+def zero_shot_repository() -> Path:
+    """The model repository with only recommender version 1 (zero-shot), so these tests
+    do not depend on whether `make head` has added a trained version."""
+    repository = (VAR / "model_repository").absolute()
+    shutil.rmtree(repository, ignore_errors=True)
+    for model in ("item_embedder", "recommender"):
+        (repository / model).mkdir(parents=True)
+        shutil.copy(Path("model_repository") / model / "config.pbtxt", repository / model)
+        (repository / model / "1").symlink_to((Path("model_repository") / model / "1").absolute())
+    return repository
+
+
 @pytest.fixture(scope="session")
 def stack_settings() -> Settings:
     grpc_port = free_port()
@@ -35,6 +48,7 @@ def stack_settings() -> Settings:
             "grpc_port": grpc_port,
             "http_port": free_port(),
             "metrics_port": free_port(),
+            "model_repository": str(zero_shot_repository()),
         },
     )
 

@@ -1,0 +1,66 @@
+import numpy as np
+import torch
+
+from serving.data import Sequences, leave_one_out
+from serving.evaluate import ranking_metrics, target_ranks
+from serving.head import HeadConfig, ScoringHead
+from serving.scoring import collapse_history
+from serving.train import learned_id_rows, left_pad, training_windows
+
+
+def sequences(*items) -> Sequences:
+    return Sequences(
+        item_ids=tuple(str(i) for i in range(1, 10)),
+        users=tuple(str(u) for u in range(len(items))),
+        items=tuple(tuple(s) for s in items),
+        purchased=tuple(tuple(False for _ in s) for s in items),
+    )
+
+
+def test_leave_one_out_keeps_the_future_out_of_training():
+    split = leave_one_out(sequences([1, 2, 3, 4, 5], [6, 7, 8]))
+    assert split.train.items == ((1, 2, 3), (6,))
+    assert split.valid_targets == (4, 7) and split.test_targets == (5, 8)
+    for train, valid, test in zip(split.train.items, split.valid_targets, split.test_targets):
+        assert valid not in train and test not in train
+
+
+def test_ranks_mask_history_and_count_ties_against_the_target():
+    scores = np.array([[0.0, 0.9, 0.5, 0.5, 0.1]])
+    # item 1 is in the history (masked); item 3 ties the target 2: rank 1, not 0.
+    assert target_ranks(scores, np.array([2]), [(1,)]).tolist() == [1]
+
+
+def test_metrics_match_hand_computed_values():
+    metrics = ranking_metrics(np.array([0, 3, 15, 40]))
+    assert metrics["recall@10"] == 0.5
+    assert metrics["recall@20"] == 0.75
+    assert np.isclose(metrics["ndcg@10"], (1 + 1 / np.log2(5)) / 4)
+    assert np.isclose(metrics["mrr@10"], (1 + 1 / 4) / 4)
+
+
+def test_windows_and_padding_are_right_aligned():
+    rows, types = training_windows(sequences([1, 2, 3, 4, 5]), max_len=3)
+    assert rows.tolist() == [[2, 3, 4, 5], [0, 0, 1, 2]]
+    padded, kinds = left_pad([[7]], [[True]], 3)
+    assert padded.tolist() == [[0, 0, 7]] and kinds.tolist() == [[0, 0, 2]]
+
+
+def test_items_unseen_in_training_get_no_learned_id():
+    assert learned_id_rows(sequences([2, 3])).tolist() == [0, 0, 2, 3, 0, 0, 0, 0, 0, 0]
+
+
+def test_head_shapes_and_text_only_items_still_score():
+    config = HeadConfig(n_items=9, text_dim=8, hidden=16, max_len=5)
+    text = torch.randn(10, 8)
+    model = ScoringHead(config, text, id_rows=torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 0])).eval()
+    catalog = model.catalog()
+    assert catalog.shape == (10, 16)
+    users = model.user_vectors(catalog, torch.tensor([[0, 0, 1, 2, 3]]), torch.ones(1, 5).long())
+    assert users.shape == (1, 16)
+    # Rows 8 and 9 have no learned id: their vector comes from their text alone.
+    assert torch.allclose(catalog[8], model.items.adapter(text[8]))
+
+
+def test_collapse_history_keeps_first_position_and_any_purchase():
+    assert collapse_history(["a", "a", "b"], [False, True, False]) == (["a", "b"], [True, False])

@@ -35,8 +35,8 @@ models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 $(ONNX_MODEL): serving/encoder.py serving/export.py serving/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
 
-head: setup ## train the scoring head (CPU, ~5 min) and serve it as recommender version 2
-	$(BIN)/streamrec train --epochs 60 --export
+head: setup ## train the scoring head (CPU, ~10 min) and serve it as recommender version 2
+	$(BIN)/streamrec train --epochs 150 --export
 
 evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVICE=cuda on a GPU)
 	$(BIN)/streamrec evaluate --device $(or $(DEVICE),cpu) --jobs $(or $(JOBS),1)

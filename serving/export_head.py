@@ -69,7 +69,7 @@ def export_head(
         )
         example = torch.zeros(2, model.config.max_len, hidden)
         torch.onnx.export(
-            _SequenceUser(model),
+            _SequenceUser(model).eval(),  # a fresh module starts in training mode
             (example, torch.ones(2, model.config.max_len, dtype=torch.long)),
             str(tmp / "sequence_encoder.onnx"),
             input_names=["history_vectors", "event_types"],
@@ -82,7 +82,8 @@ def export_head(
             opset_version=17,
             dynamo=False,
         )
-    report = check_parity(model, tmp, parity_rows, parity_types)
+    # Exporting restores each module's mode afterwards; be sure nothing is left training.
+    report = check_parity(model.eval(), tmp, parity_rows, parity_types)
     metadata = {
         "model_version": model_version,
         "max_len": model.config.max_len,

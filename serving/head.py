@@ -122,10 +122,9 @@ class SequenceEncoder(nn.Module):
         x = x + self.position(positions + self.position.num_embeddings - length)
         x = self.dropout(x + self.event_type(event_types))
         # Position i sees valid positions j <= i, and always itself (so no row is empty).
-        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        allowed = causal & (
-            valid.unsqueeze(1) | torch.eye(length, dtype=torch.bool, device=x.device)
-        )
+        # (Comparisons, not eye/tril: ONNX Runtime has no boolean EyeLike or Trilu.)
+        causal = positions[:, None] >= positions[None, :]
+        allowed = causal & (valid.unsqueeze(1) | (positions[:, None] == positions[None, :]))
         bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill(~allowed, -1e9).unsqueeze(1)
         for block in self.blocks:

@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RECBOLE_WHEEL := data/recbole-1.2.1-py3-none-any.whl
 ONNX_MODEL := model_repository/item_embedder/1/model.onnx
+HEAD := model_repository/recommender/2/head.json
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages data models head evaluate demo up test test-unit lint clean
@@ -35,13 +36,16 @@ models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 $(ONNX_MODEL): serving/encoder.py serving/export.py serving/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
 
-head: setup ## train the scoring head (CPU, ~10 min) and serve it as recommender version 2
+head: setup ## (re)train the scoring head (CPU, ~10 min) and serve it as recommender version 2
+	$(BIN)/streamrec train --epochs 150 --export
+
+$(HEAD): | setup
 	$(BIN)/streamrec train --epochs 150 --export
 
 evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVICE=cuda on a GPU)
 	$(BIN)/streamrec evaluate --device $(or $(DEVICE),cpu) --jobs $(or $(JOBS),1)
 
-demo: setup ## start the local stack, run a worker and a short replay, print live results
+demo: setup $(HEAD) ## train the head once (~10 min), then start the local stack, run a worker and a short replay, print live results
 	$(BIN)/streamrec demo
 
 up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)

@@ -105,6 +105,22 @@ def create_app(settings: Settings) -> faust.App:
     worker = settings.worker
     batch_window_s = worker.batch_window_ms / 1000
 
+    async def consume(stream: faust.StreamT, processor) -> None:
+        async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
+            # take_events acknowledges the batch only after this block returns, so the
+            # offsets Faust commits never run ahead of written outputs.
+            started = time.perf_counter()
+            outcome = await _process_or_exit(processor, [_raw(e) for e in events])
+            logger.debug(
+                'batch topic="%s" events=%d dlq=%d duplicates=%d published=%d seconds=%.3f',
+                events[0].message.topic,
+                outcome.consumed,
+                outcome.dead_lettered,
+                outcome.duplicates,
+                outcome.published,
+                time.perf_counter() - started,
+            )
+
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
         await Retrier()("triton", recommender.connect)
@@ -114,19 +130,7 @@ def create_app(settings: Settings) -> faust.App:
             recommender,
             FaustPublisher(recommendations, interactions_dlq, worker.max_event_bytes),
         )
-        async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
-            # take_events acknowledges the batch only after this block returns, so the
-            # offsets Faust commits never run ahead of written outputs.
-            started = time.perf_counter()
-            outcome = await _process_or_exit(processor, [_raw(e) for e in events])
-            logger.debug(
-                "batch events=%d dlq=%d duplicates=%d published=%d seconds=%.3f",
-                outcome.consumed,
-                outcome.dead_lettered,
-                outcome.duplicates,
-                outcome.published,
-                time.perf_counter() - started,
-            )
+        await consume(stream, processor)
 
     @app.agent(items, name="items")
     async def process_items(stream: faust.StreamT) -> None:
@@ -137,8 +141,7 @@ def create_app(settings: Settings) -> faust.App:
             recommender,
             FaustPublisher(recommendations, items_dlq, worker.max_event_bytes),
         )
-        async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
-            await _process_or_exit(processor, [_raw(e) for e in events])
+        await consume(stream, processor)
 
     return app
 

@@ -49,24 +49,12 @@ return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    event_id: str
-    item_id: str
-    type: str
-    ts: float
-
-    @property
-    def is_purchase(self) -> bool:
-        return self.type == "purchase"
-
-
-@dataclass(frozen=True)
 class UserUpdate:
     """What one batch did to one user: which of its events were new, and the history after."""
 
     user_id: str
     new_event_ids: tuple[str, ...]
-    history: tuple[HistoryEntry, ...]  # oldest first
+    history: tuple[Interaction, ...]  # oldest first
 
 
 class HistoryStore:
@@ -105,7 +93,7 @@ class HistoryStore:
         updates = []
         for (user_id, user_events), (flags, flat) in zip(by_user.items(), replies):
             new_ids = tuple(e.event_id for e, flag in zip(user_events, flags) if flag == 1)
-            updates.append(UserUpdate(user_id, new_ids, _entries(flat)))
+            updates.append(UserUpdate(user_id, new_ids, _entries(user_id, flat)))
         return updates
 
     async def _run_scripts(self, by_user: dict[str, list[Interaction]]) -> list:
@@ -127,10 +115,10 @@ class HistoryStore:
                 self._sha = await self._redis.script_load(APPEND_LUA)
         raise AssertionError("unreachable")
 
-    async def history(self, user_id: str) -> tuple[HistoryEntry, ...]:
+    async def history(self, user_id: str) -> tuple[Interaction, ...]:
         with track_redis("history"):
             flat = await self._redis.zrange(self.history_key(user_id), 0, -1, withscores=True)
-        return tuple(_entry(member, score) for member, score in flat)
+        return tuple(_entry(user_id, member, score) for member, score in flat)
 
     async def save_recommendations(self, messages: dict[str, bytes]) -> None:
         """Store each user's latest recommendations message (JSON), in one pipeline."""
@@ -155,12 +143,12 @@ class HistoryStore:
                 ) from exc
 
 
-def _entries(flat: list) -> tuple[HistoryEntry, ...]:
+def _entries(user_id: str, flat: list) -> tuple[Interaction, ...]:
     # The script returns [member, score, member, score, ...].
-    return tuple(_entry(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+    return tuple(_entry(user_id, flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
 
 
-def _entry(member: bytes | str, score: bytes | str | float) -> HistoryEntry:
+def _entry(user_id: str, member: bytes | str, score: bytes | str | float) -> Interaction:
     text = member.decode() if isinstance(member, bytes) else member
     event_id, item_id, event_type = text.split("\t")
-    return HistoryEntry(event_id, item_id, event_type, float(score))
+    return Interaction(event_id, user_id, item_id, event_type, float(score))

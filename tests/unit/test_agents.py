@@ -10,7 +10,7 @@ import json
 from stream_app.agents import InteractionProcessor, RawEvent
 from stream_app.config import Settings
 from stream_app.errors import RedisUnavailable
-from stream_app.history import HistoryEntry, UserUpdate
+from stream_app.history import UserUpdate
 from stream_app.inference import Ranking
 
 NOW = 1_764_115_200.0
@@ -30,7 +30,7 @@ class MemoryHistory:
             history = self.events.setdefault(e.user_id, [])
             new = all(h.event_id != e.event_id for h in history)
             if new:
-                history.append(HistoryEntry(e.event_id, e.item_id, e.type, e.ts))
+                history.append(e)
             ids = updates.setdefault(e.user_id, [])
             ids += [e.event_id] if new else []
         return [UserUpdate(u, tuple(ids), tuple(self.events[u])) for u, ids in updates.items()]

@@ -137,7 +137,7 @@ class InteractionProcessor:
 
     def _validate(
         self, batch: list[RawEvent], outcome: BatchOutcome
-    ) -> tuple[list[Interaction], dict[str, float]]:
+    ) -> tuple[list[Interaction], dict[tuple[str, str], float]]:
         worker = self._settings.worker
         now = self._clock()
         valid: list[Interaction] = []

@@ -36,7 +36,7 @@ models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 $(ONNX_MODEL): serving/encoder.py serving/export.py serving/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
 
-head: setup ## (re)train the scoring head (CPU, ~10 min) and serve it as recommender version 2
+head: setup ## (re)train the scoring head (CPU, ~5 min) and serve it as recommender version 2
 	$(BIN)/streamrec train --epochs 150 --export
 
 $(HEAD): | setup
@@ -45,7 +45,7 @@ $(HEAD): | setup
 evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVICE=cuda on a GPU)
 	$(BIN)/streamrec evaluate --device $(or $(DEVICE),cpu) --jobs $(or $(JOBS),1)
 
-demo: setup $(HEAD) ## train the head once (~10 min), then start the local stack, run a worker and a short replay, print live results
+demo: setup $(HEAD) ## train the head once (~5 min), then start the local stack, run a worker and a short replay, print live results
 	$(BIN)/streamrec demo
 
 up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)

@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 
 from stream_app import metrics
 from stream_app.backoff import Backoff
-from stream_app.catalog import AsyncCatalogWriter, CatalogItem
+from stream_app.catalog import AsyncCatalogWriter
 from stream_app.config import Settings
 from stream_app.errors import DependencyError, InvalidEvent
 from stream_app.events import (
@@ -231,11 +231,7 @@ class ItemProcessor:
                 latest[item.item_id] = item  # the last upsert of an item in a batch wins
                 kind = "upsert" if item.available else "remove"
                 metrics.EVENTS_CONSUMED.labels(topic=topic, type=kind).inc()
-            upserts = [
-                CatalogItem(i.item_id, i.title, i.text, i.tags)
-                for i in latest.values()
-                if i.available
-            ]
+            upserts = [i for i in latest.values() if i.available]
             removals = [i.item_id for i in latest.values() if not i.available]
             vectors = None
             if upserts:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from stream_app.config import Settings
 from stream_app.errors import RedisUnavailable
+from stream_app.events import ItemUpsert as CatalogItem  # an item as the catalog stores it
 
 VECTOR_DTYPE = np.dtype("<f4")
 
@@ -51,14 +52,6 @@ class CatalogKeys:
     @property
     def version(self) -> str:
         return f"{self.prefix}{{catalog}}:version"
-
-
-@dataclass(frozen=True)
-class CatalogItem:
-    item_id: str
-    title: str
-    text: str
-    tags: tuple[str, ...] = ()
 
 
 def queue_upsert(pipe, keys: CatalogKeys, items: list[CatalogItem], vectors: np.ndarray) -> None:

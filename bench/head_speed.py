@@ -21,7 +21,7 @@ import torch
 
 from serving.evaluate import next_item_task
 from serving.offline import load_run, prepare
-from serving.train import left_pad
+from serving.scoring import left_pad
 
 
 def timed(fn, repeats: int) -> float:

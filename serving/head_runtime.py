@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.scoring import collapse_history, top_k
-
-CLICK, PURCHASE = 1, 2
+from serving.scoring import collapse_history, left_pad, top_k
 
 
 class HeadRuntime:
@@ -47,15 +45,13 @@ class HeadRuntime:
         Same contract as ``serving.scoring.recommend``: history items are excluded and a
         history with no known item gets nothing (-1).
         """
-        histories = np.zeros((len(rows), self.max_len), dtype=np.int64)
-        types = np.zeros((len(rows), self.max_len), dtype=np.int64)
-        for i, (row, bought) in enumerate(zip(rows, purchased)):
-            known = row >= 0
-            items, kinds = collapse_history(list(row[known]), list(bought[known]))
-            items, kinds = items[-self.max_len :], kinds[-self.max_len :]
-            if items:
-                histories[i, -len(items) :] = items
-                types[i, -len(items) :] = np.where(kinds, PURCHASE, CLICK)
+        collapsed = [
+            collapse_history(list(row[row >= 0]), list(bought[row >= 0]))
+            for row, bought in zip(rows, purchased)
+        ]
+        histories, types = left_pad(
+            [c[0] for c in collapsed], [c[1] for c in collapsed], self.max_len
+        )
         vectors = self.item_vectors[histories] * (types > 0)[..., None]
         (users,) = self._encoder.run(None, {"history_vectors": vectors, "event_types": types})
         indices, scores = top_k(users @ self.item_vectors.T, k, exclude=rows)

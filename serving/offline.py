@@ -272,7 +272,7 @@ def export_run(run_dir: Path, version_dir: Path, prepared: Prepared | None = Non
     import hashlib
 
     from serving.export_head import export_head
-    from serving.train import left_pad
+    from serving.scoring import left_pad
 
     prepared = prepared or prepare()
     model, checkpoint = load_run(run_dir, prepared.text_vectors)

@@ -8,12 +8,16 @@ ordered oldest -> newest and padded at the end; ``rows`` holds catalog row numbe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 RECENCY_DECAY = 0.9
 """Each newer event counts 1/0.9 times the one before it."""
 PURCHASE_WEIGHT = 2.0
 """A purchase says more about taste than a click."""
+CLICK, PURCHASE = 1, 2
+"""Event-type codes the scoring head reads (0 is padding)."""
 
 
 def history_weights(
@@ -94,3 +98,17 @@ def collapse_history(item_ids: list, purchased: list) -> tuple[list, list]:
     for item, bought in zip(item_ids, purchased):
         first[item] = first.get(item, False) or bool(bought)
     return list(first), list(first.values())
+
+
+def left_pad(
+    histories: Sequence[Sequence[int]], purchased: Sequence[Sequence[bool]], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The newest ``length`` items of each history, right-aligned: (rows, event types)."""
+    rows = np.zeros((len(histories), length), dtype=np.int64)
+    types = np.zeros((len(histories), length), dtype=np.int64)
+    for i, (items, bought) in enumerate(zip(histories, purchased)):
+        recent, recent_bought = list(items[-length:]), list(bought[-length:])
+        if recent:
+            rows[i, -len(recent) :] = recent
+            types[i, -len(recent) :] = np.where(recent_bought, PURCHASE, CLICK)
+    return rows, types

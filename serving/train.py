@@ -11,7 +11,6 @@ import copy
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,10 +20,9 @@ from torch import nn
 from serving.data import Sequences
 from serving.evaluate import ScoreFn, Task, evaluate
 from serving.head import HeadConfig, ScoringHead
+from serving.scoring import left_pad
 
 logger = logging.getLogger(__name__)
-
-CLICK, PURCHASE = 1, 2
 
 
 @dataclass(frozen=True)
@@ -47,23 +45,6 @@ class TrainResult:
     model: ScoringHead
     best_epoch: int
     curve: list[dict] = field(default_factory=list)  # per epoch: loss, valid metrics, seconds
-
-    def summary(self) -> dict:
-        return {"best_epoch": self.best_epoch, "curve": self.curve}
-
-
-def left_pad(
-    histories: Sequence[Sequence[int]], purchased: Sequence[Sequence[bool]], length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The newest ``length`` items of each history, right-aligned: (rows, event types)."""
-    rows = np.zeros((len(histories), length), dtype=np.int64)
-    types = np.zeros((len(histories), length), dtype=np.int64)
-    for i, (items, bought) in enumerate(zip(histories, purchased)):
-        recent, recent_bought = list(items[-length:]), list(bought[-length:])
-        if recent:
-            rows[i, -len(recent) :] = recent
-            types[i, -len(recent) :] = np.where(recent_bought, PURCHASE, CLICK)
-    return rows, types
 
 
 def training_windows(train: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ test fails — it never skips.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,16 @@ def catalog(stack: DevStack, stack_settings: Settings, movielens) -> int:
 @pytest.fixture
 def redis_sync(stack: DevStack, stack_settings: Settings) -> redis.Redis:
     return redis_client(stack_settings)
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or the timeout passes; returns its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
 
 
 def unique(name: str) -> str:

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 from stream_app.config import Settings
 from stream_app.devstack import DevStack, ManagedProcess, free_port, port_open
 from stream_app.errors import StackError
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,6 @@ def _pid_gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except OSError:
         return True
-
-
-def _wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -237,7 +228,7 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"  # noqa: E501
     process = ManagedProcess("stubborn", [sys.executable, "-c", code], tmp_path / "s.log", bool)
     process.start()
-    assert _wait_until(lambda: "up" in process.log_path.read_text())
+    assert wait_until(lambda: "up" in process.log_path.read_text())
     process.stop(timeout=0.5)
     assert not process.is_alive()
 
@@ -269,7 +260,7 @@ def test_children_do_not_outlive_the_launcher(how: signal.Signals, tmp_path: Pat
         assert port_open("127.0.0.1", redis_port)
         launcher.send_signal(how)
         launcher.wait(timeout=15)
-        assert _wait_until(lambda: _pid_gone(child))
+        assert wait_until(lambda: _pid_gone(child))
         assert not port_open("127.0.0.1", redis_port)
     finally:
         if launcher.poll() is None:

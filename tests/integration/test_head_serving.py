@@ -23,8 +23,8 @@ from serving.offline import (
     run_head,
     save_run,
 )
-from serving.scoring import top_k
-from serving.train import TrainConfig, left_pad
+from serving.scoring import left_pad, top_k
+from serving.train import TrainConfig
 from stream_app.catalog import CatalogItem, CatalogStore, redis_client
 from stream_app.devstack import DevStack, free_port
 from stream_app.inference import HistoryRow, TritonRecommender

@@ -26,7 +26,7 @@ from stream_app.devstack import free_port
 from stream_app.history import HistoryStore
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.replay import PlannedEvent, encode, plan_events, produce_raw, replay
-from tests.integration.conftest import VAR, unique
+from tests.integration.conftest import VAR, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +246,7 @@ def test_a_new_item_is_recommendable_at_once_and_removable(settings, processed, 
     upsert = {"item_id": item_id, "title": "Toy Story (re-release)", "text": text}
     produce_raw(kafka, kafka.items_topic, [(item_id.encode(), json.dumps(upsert).encode())])
     produce_raw(kafka, kafka.items_topic, [(b"bad", b'{"item_id": "no-text"}')])
-    assert wait_for(lambda: redis_sync.hexists(vectors_key, item_id)), "item never stored"
+    assert wait_until(lambda: redis_sync.hexists(vectors_key, item_id), 30), "item never stored"
 
     fan = unique("fan")
     first = recommendations_after(settings, PlannedEvent(fan, unique("e"), "1", "click"))
@@ -254,7 +254,9 @@ def test_a_new_item_is_recommendable_at_once_and_removable(settings, processed, 
 
     removal = upsert | {"available": False}
     produce_raw(kafka, kafka.items_topic, [(item_id.encode(), json.dumps(removal).encode())])
-    assert wait_for(lambda: not redis_sync.hexists(vectors_key, item_id)), "item never removed"
+    assert wait_until(lambda: not redis_sync.hexists(vectors_key, item_id), 30), (
+        "item never removed"
+    )
     after = recommendations_after(settings, PlannedEvent(fan, unique("e"), "71", "click"))
     assert item_id not in {i["item_id"] for i in after}
 
@@ -283,12 +285,3 @@ def recommendations_after(settings: Settings, event: PlannedEvent) -> list[dict]
         if json.loads(m.value())["trigger_event_id"] == event.event_id
     ]
     return message["items"]
-
-
-def wait_for(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False

@@ -4,8 +4,8 @@ import torch
 from serving.data import Sequences, leave_one_out
 from serving.evaluate import ranking_metrics, target_ranks
 from serving.head import HeadConfig, ScoringHead
-from serving.scoring import collapse_history
-from serving.train import learned_id_rows, left_pad, training_windows
+from serving.scoring import collapse_history, left_pad
+from serving.train import learned_id_rows, training_windows
 
 
 def sequences(*items) -> Sequences:

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +18,7 @@ from serving.data import load_movielens
 from stream_app.catalog import CatalogStore, redis_client
 from stream_app.catalog_loader import load_catalog
 from stream_app.config import Settings
-from stream_app.devstack import DevStack
+from stream_app.devstack import DevStack, ManagedProcess, http_ok
 from stream_app.errors import StackError
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.replay import plan_events, produce_raw, replay
@@ -49,54 +45,31 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``streamrec worker`` as a child process, with its log in a file."""
+    """``streamrec worker`` as a child process, ready once its /readyz answers 200.
+
+    Started and stopped like the launcher's servers (log file, dies with its parent).
+    """
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        readyz = f"http://127.0.0.1:{settings.worker.web_port}/readyz"
+        self._process = ManagedProcess(
+            "worker",
+            [sys.executable, "-m", "stream_app.cli", "worker"],
+            log_path,
+            probe=lambda: http_ok(readyz),
+            env=os.environ | settings_env(settings),
+        )
 
     def start(self, ready_timeout_s: float = 90.0) -> WorkerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = os.environ | settings_env(self.settings)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream_app.cli", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait_ready(ready_timeout_s)
+        self._process.start()
+        self._process.wait_ready(ready_timeout_s)
         return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
-        url = f"http://127.0.0.1:{self.settings.worker.web_port}/readyz"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise StackError(f"worker exited with {code}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise StackError(f"worker not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+    def log_tail(self) -> str:
+        return self._process.log_tail()
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signum)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._process.stop(timeout_s)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

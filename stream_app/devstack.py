@@ -393,7 +393,7 @@ class DevStack:
 
         def started_ready() -> bool:
             # Metrics start a few ms after HTTP; wait for them so callers can scrape at once.
-            return _http_ok(health) and port_open(LOOPBACK, triton.metrics_port)
+            return http_ok(health) and port_open(LOOPBACK, triton.metrics_port)
 
         def command() -> tuple[list[str], dict[str, str]]:
             if grpc_port != triton.grpc_port:
@@ -410,7 +410,7 @@ class DevStack:
             health,
             host,
             [triton.http_port, triton.grpc_port, triton.metrics_port],
-            lambda: _http_ok(health),
+            lambda: http_ok(health),
             command,
             started_ready,
         )
@@ -522,7 +522,8 @@ def _redis_ready(url: str, password: str | None) -> bool:
         client.close()
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """GET ``url`` answers 200 (a readiness probe)."""
     try:
         with _http.open(url, timeout=_PROBE_TIMEOUT_S) as response:
             return response.status == 200

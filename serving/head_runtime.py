@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.scoring import collapse_history, left_pad, top_k
+from serving.scoring import collapse_history, left_pad
 
 
 class HeadRuntime:
@@ -30,20 +30,23 @@ class HeadRuntime:
         self._encoder = ort.InferenceSession(
             str(version_dir / "sequence_encoder.onnx"), options, providers=providers
         )
-        self.item_vectors = np.empty((0, 0), dtype=np.float32)
 
-    def load_catalog(self, item_ids: np.ndarray, text_vectors: np.ndarray) -> None:
-        """Item vectors for the whole catalog; ids never seen in training get none learned."""
+    def item_vectors(self, item_ids: list[str], text_vectors: np.ndarray) -> np.ndarray:
+        """The head's vectors for catalog items; ids never seen in training get no learned
+        part, so a new item is scored by its text alone."""
         rows = np.array([self.id_rows.get(str(i), 0) for i in item_ids], dtype=np.int64)
-        (self.item_vectors,) = self._tower.run(
+        (vectors,) = self._tower.run(
             None, {"text_vectors": text_vectors.astype(np.float32), "id_rows": rows}
         )
+        return vectors
 
-    def recommend(self, rows: np.ndarray, purchased: np.ndarray, k: int):
-        """Catalog rows per history (-1 = unknown/padding) -> top-k rows and scores.
+    def user_vectors(
+        self, item_vectors: np.ndarray, rows: np.ndarray, purchased: np.ndarray
+    ) -> np.ndarray:
+        """Catalog rows per history (oldest first, -1 = unknown/padding) -> user vectors.
 
-        Same contract as ``serving.scoring.recommend``: history items are excluded and a
-        history with no known item gets nothing (-1).
+        ``item_vectors`` are this head's (see :meth:`item_vectors`). A history with no
+        known item gets a meaningless vector: callers treat it as cold.
         """
         collapsed = [
             collapse_history(list(row[row >= 0]), list(bought[row >= 0]))
@@ -52,10 +55,6 @@ class HeadRuntime:
         histories, types = left_pad(
             [c[0] for c in collapsed], [c[1] for c in collapsed], self.max_len
         )
-        vectors = self.item_vectors[histories] * (types > 0)[..., None]
+        vectors = item_vectors[histories] * (types > 0)[..., None]
         (users,) = self._encoder.run(None, {"history_vectors": vectors, "event_types": types})
-        indices, scores = top_k(users @ self.item_vectors.T, k, exclude=rows)
-        cold = ~(rows >= 0).any(axis=1)
-        indices[cold] = -1
-        scores[cold] = -np.inf
-        return indices, scores
+        return users

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from stream_app import metrics
@@ -23,15 +23,22 @@ from stream_app.events import (
     Interaction,
     ItemUpsert,
     Recommendations,
+    RecommendedItem,
     parse_interaction,
     parse_item,
 )
 from stream_app.history import HistoryStore, UserUpdate
 from stream_app.inference import HistoryRow, TritonRecommender
-from stream_app.policy import filter_seen
+from stream_app.policy import assemble, excluded_items
+from stream_app.popularity import Popularity
+from stream_app.privacy import Pseudonymiser
+from stream_app.quality import hit, shown_items
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+TRENDING_READ = 100
+"""Trending items read per batch: enough to fill a list after the user's exclusions."""
 
 
 @dataclass(frozen=True)
@@ -96,19 +103,30 @@ class Retrier:
 
 
 class InteractionProcessor:
+    """One batch of interactions: history, model, policy, outputs.
+
+    User ids are pseudonymised as soon as an event is valid: Redis and the logs only
+    ever see the pseudonym; the published message carries the caller's own id.
+    """
+
     def __init__(
         self,
         settings: Settings,
         history: HistoryStore,
         recommender: TritonRecommender,
+        catalog: AsyncCatalogWriter,
+        popularity: Popularity,
         publisher: Publisher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._history = history
         self._recommender = recommender
+        self._catalog = catalog
+        self._popularity = popularity
         self._publisher = publisher
         self._clock = clock
+        self._pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
         self._retry = Retrier()
 
     async def process(self, batch: list[RawEvent]) -> BatchOutcome:
@@ -118,18 +136,39 @@ class InteractionProcessor:
             outcome = BatchOutcome()
             valid, produced_at = self._validate(batch, outcome)
             if valid:
-                updates = await self._retry("redis", lambda: self._history.append_batch(valid))
-                outcome.duplicates = len(valid) - sum(len(u.new_event_ids) for u in updates)
+                # Event ids are pseudonymised too: producers often build them from user ids.
+                stored = [
+                    replace(
+                        e, user_id=self._pseudonym(e.user_id), event_id=self._pseudonym(e.event_id)
+                    )
+                    for e in valid
+                ]
+                trigger = {s.user_id: e for s, e in zip(stored, valid)}  # newest event per user
+                updates = await self._retry("redis", lambda: self._history.append_batch(stored))
+                first_time = _first_time(stored, updates)
+                outcome.duplicates = len(valid) - len(first_time)
                 metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(outcome.duplicates)
-                messages = await self._recommend(updates, valid)
+                _count_hits(first_time, updates)
+                lists = await self._recommend(updates)
+                messages = [
+                    self._message(items, model, trigger[u.user_id])
+                    for u, (items, model) in zip(updates, lists)
+                ]
                 await self._retry(
                     "redis",
                     lambda: self._history.save_recommendations(
-                        {m.user_id: m.to_json() for m in messages}
+                        {
+                            pseudonym: m.to_json(with_caller_ids=False)
+                            for pseudonym, m in zip((u.user_id for u in updates), messages)
+                        }
                     ),
                 )
+                shown = sorted({i.item_id for m in messages for i in m.items})
+                await self._retry("redis", lambda: self._popularity.record(first_time, shown))
                 for message in messages:
                     self._publisher.recommendations(message)
+                    for item in message.items:
+                        metrics.RECOMMENDED_ITEMS.labels(reason=item.reason).inc()
                 outcome.published = len(messages)
             await self._publisher.flush()
             self._observe_published(valid, produced_at)
@@ -160,27 +199,47 @@ class InteractionProcessor:
         return valid, produced_at
 
     async def _recommend(
-        self, updates: list[UserUpdate], valid: list[Interaction]
-    ) -> list[Recommendations]:
-        k = self._settings.worker.top_k
-        rows = [
-            HistoryRow([h.item_id for h in u.history], [h.is_purchase for h in u.history])
+        self, updates: list[UserUpdate]
+    ) -> list[tuple[tuple[RecommendedItem, ...], str]]:
+        """Each user's final list (and the model version that ranked it)."""
+        k, policy = self._settings.worker.top_k, self._settings.policy
+        excluded = [
+            excluded_items(
+                [(h.item_id, h.is_purchase) for h in u.history], u.purchased, policy.exclude_clicked
+            )
             for u in updates
         ]
-        ranked = await self._retry("triton", lambda: self._recommender.recommend(rows, k))
-        last_event = {e.user_id: e for e in valid}  # each user's newest event in the batch
-        now = self._clock()
-        return [
-            Recommendations(
-                user_id=update.user_id,
-                items=filter_seen(candidates, (h.item_id for h in update.history), k),
-                model_version=ranked.model_version,
-                trigger_event_id=last_event[update.user_id].event_id,
-                event_ts=last_event[update.user_id].ts,
-                generated_at=now,
+        rows = [
+            HistoryRow(
+                [h.item_id for h in u.history], [h.is_purchase for h in u.history], sorted(skip)
             )
-            for update, candidates in zip(updates, ranked.lists)
+            for u, skip in zip(updates, excluded)
         ]
+        ranked = await self._retry(
+            "triton", lambda: self._recommender.recommend(rows, k, policy.diversity)
+        )
+        trending = await self._retry("redis", lambda: self._popularity.trending(TRENDING_READ))
+        because = sorted({c.because_item_id for r in ranked.lists for c in r if c.because_item_id})
+        titles = await self._retry("redis", lambda: self._catalog.titles(because))
+        return [
+            (
+                assemble(candidates, trending, skip, k, titles, update.purchased),
+                ranked.model_version,
+            )
+            for update, candidates, skip in zip(updates, ranked.lists, excluded)
+        ]
+
+    def _message(
+        self, items: tuple[RecommendedItem, ...], model_version: str, trigger: Interaction
+    ) -> Recommendations:
+        return Recommendations(
+            user_id=trigger.user_id,
+            items=items,
+            model_version=model_version,
+            trigger_event_id=trigger.event_id,
+            event_ts=trigger.ts,
+            generated_at=self._clock(),
+        )
 
     def _observe_published(
         self, valid: list[Interaction], produced_at: dict[tuple[str, str], float]
@@ -192,11 +251,34 @@ class InteractionProcessor:
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(triggers))
 
 
+def _first_time(events: list[Interaction], updates: list[UserUpdate]) -> list[Interaction]:
+    """The events this batch applied for the first time (redeliveries left out)."""
+    new = {(u.user_id, event_id) for u in updates for event_id in u.new_event_ids}
+    first = []
+    for event in events:
+        if (event.user_id, event.event_id) in new:
+            new.discard((event.user_id, event.event_id))  # a repeat in the batch is no news
+            first.append(event)
+    return first
+
+
+def _count_hits(first_time: list[Interaction], updates: list[UserUpdate]) -> None:
+    shown = {u.user_id: shown_items(u.last_recommendations) for u in updates}
+    for event in first_time:
+        if not shown[event.user_id]:
+            continue  # nothing was shown to this user yet
+        metrics.QUALITY_INTERACTIONS.inc()
+        found = hit(event.item_id, shown[event.user_id])
+        if found:
+            metrics.QUALITY_HITS.labels(position=found.position, reason=found.reason).inc()
+
+
 class ItemProcessor:
     """Catalog upserts: validate, encode through Triton item_embedder, store in Redis.
 
-    The recommender model reloads the catalog when its version moves, so an upserted item
-    is scorable on the next recommendation request; ``available: false`` removes it.
+    Each change is appended to the catalog log, which every recommender instance tails,
+    so an upserted item is scorable within about a second; ``available: false`` removes
+    it. The log entry carries the time the change entered Kafka (freshness metric).
     """
 
     def __init__(
@@ -218,6 +300,7 @@ class ItemProcessor:
         with metrics.BATCH_DURATION.labels(topic=topic).time():
             outcome = BatchOutcome(consumed=len(batch))
             latest: dict[str, ItemUpsert] = {}
+            entered: dict[str, float] = {}
             for raw in batch:
                 try:
                     item = parse_item(
@@ -229,6 +312,7 @@ class ItemProcessor:
                     _dead_letter(self._publisher, raw, error, outcome)
                     continue
                 latest[item.item_id] = item  # the last upsert of an item in a batch wins
+                entered[item.item_id] = raw.timestamp or time.time()
                 kind = "upsert" if item.available else "remove"
                 metrics.EVENTS_CONSUMED.labels(topic=topic, type=kind).inc()
             upserts = [i for i in latest.values() if i.available]
@@ -238,7 +322,9 @@ class ItemProcessor:
                 texts = [i.text for i in upserts]
                 vectors = await self._retry("triton", lambda: self._recommender.embed(texts))
             if latest:
-                await self._retry("redis", lambda: self._catalog.apply(upserts, vectors, removals))
+                await self._retry(
+                    "redis", lambda: self._catalog.apply(upserts, vectors, removals, entered)
+                )
             await self._publisher.flush()
         return outcome
 

@@ -10,17 +10,21 @@ import time
 import faust
 import redis.asyncio as aioredis
 
-from stream_app import faust_kafka, web
+from stream_app import faust_kafka, metrics, web
 from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent, Retrier
 from stream_app.catalog import AsyncCatalogWriter
 from stream_app.catalog import redis_client as catalog_redis_client
-from stream_app.config import Settings
-from stream_app.errors import InvalidEvent
+from stream_app.config import DEVELOPMENT_USER_ID_KEY, Settings
+from stream_app.errors import InvalidEvent, RedisUnavailable
 from stream_app.events import Recommendations
 from stream_app.history import HistoryStore
 from stream_app.inference import TritonRecommender
+from stream_app.popularity import Popularity
+from stream_app.privacy import Pseudonymiser
 
 logger = logging.getLogger(__name__)
+
+COVERAGE_INTERVAL_S = 10.0
 
 
 class FaustPublisher:
@@ -93,6 +97,16 @@ def create_app(settings: Settings) -> faust.App:
         settings.redis.history_length,
         settings.redis.dedup_window,
         settings.redis.user_ttl_s,
+        settings.policy.purchased_max,
+    )
+    policy = settings.policy
+    popularity = Popularity(
+        redis_client,
+        settings.redis.key_prefix,
+        policy.trending_half_life_s,
+        policy.trending_max_items,
+        policy.trending_refresh_s,
+        policy.coverage_window_s,
     )
     recommender = TritonRecommender(
         settings.triton.url,
@@ -101,7 +115,13 @@ def create_app(settings: Settings) -> faust.App:
         settings.triton.timeout_s,
     )
     catalog = AsyncCatalogWriter(redis_client, settings.redis.key_prefix)
-    web.register(app, history, redis_client, recommender)
+    pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
+    if settings.privacy.user_id_key.get_secret_value() == DEVELOPMENT_USER_ID_KEY:
+        logger.warning(
+            "user ids are pseudonymised with the built-in development key: set"
+            " STREAMREC_PRIVACY__USER_ID_KEY to a secret in production"
+        )
+    web.register(app, history, redis_client, recommender, pseudonym)
     worker = settings.worker
     batch_window_s = worker.batch_window_ms / 1000
 
@@ -128,9 +148,21 @@ def create_app(settings: Settings) -> faust.App:
             settings,
             history,
             recommender,
+            catalog,
+            popularity,
             FaustPublisher(recommendations, interactions_dlq, worker.max_event_bytes),
         )
         await consume(stream, processor)
+
+    @app.timer(interval=COVERAGE_INTERVAL_S)
+    async def measure_coverage() -> None:
+        try:
+            distinct, catalog_size = await popularity.coverage()
+        except RedisUnavailable as exc:
+            logger.warning('coverage not measured error="%s"', exc)
+            return
+        metrics.COVERAGE_ITEMS.set(distinct)
+        metrics.COVERAGE_RATIO.set(distinct / catalog_size if catalog_size else 0.0)
 
     @app.agent(items, name="items")
     async def process_items(stream: faust.StreamT) -> None:

@@ -1,19 +1,29 @@
-"""Redis adapter for the item catalog: metadata, vectors and a version counter.
+"""Redis adapter for the item catalog: metadata, vectors and the catalog log.
 
-Keys (all under the configured prefix, sharing the ``{catalog}`` hash tag so that one
-transaction can write them on Redis Cluster too):
+Keys (all under the configured prefix, sharing the ``{catalog}`` hash tag so one script
+can write them atomically on Redis Cluster too):
     {catalog}:meta     hash item_id -> JSON {"title", "text", "tags"}
     {catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector)
-    {catalog}:version  integer, incremented on every change; readers reload when it moves
+    {catalog}:version  integer: the sequence number of the newest log entry
+    {catalog}:log      stream of changes, one entry per item:
+                       {op: upsert|remove, item, seq, ts (when the change entered Kafka)}
 
-The Triton ``recommender`` model reads the vectors with :class:`CatalogReader`, so a new
-item becomes scorable as soon as its vector is written.
+Writers change the hashes and append to the log in one Lua call. Every ``recommender``
+model instance loads a snapshot once and then tails the log (:class:`CatalogTailer`),
+so an upserted item is scorable within a log poll, without reloading the catalog. Log
+entries carry consecutive sequence numbers: a reader that finds a gap (the log was
+trimmed while it was away) loads a fresh snapshot instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import redis
@@ -23,7 +33,31 @@ from stream_app.config import Settings
 from stream_app.errors import RedisUnavailable
 from stream_app.events import ItemUpsert as CatalogItem  # an item as the catalog stores it
 
+logger = logging.getLogger(__name__)
+
 VECTOR_DTYPE = np.dtype("<f4")
+LOG_MAX_ENTRIES = 100_000
+"""Approximate length the log is trimmed to; a reader further behind reloads a snapshot."""
+
+# KEYS: meta, vectors, version, log. ARGV: max log length, then per change
+# (op, item_id, ts, meta JSON or "", vector bytes or ""). Returns the last sequence number.
+WRITE_LUA = """
+local seq = 0
+for i = 2, #ARGV, 5 do
+  local op, item, ts, meta, vector = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  if op == 'upsert' then
+    redis.call('HSET', KEYS[1], item, meta)
+    redis.call('HSET', KEYS[2], item, vector)
+  else
+    redis.call('HDEL', KEYS[1], item)
+    redis.call('HDEL', KEYS[2], item)
+  end
+  seq = redis.call('INCR', KEYS[3])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*',
+             'op', op, 'item', item, 'seq', seq, 'ts', ts)
+end
+return seq
+"""
 
 
 def redis_client(settings: Settings, client_class=redis.Redis):
@@ -41,124 +75,237 @@ def redis_client(settings: Settings, client_class=redis.Redis):
 class CatalogKeys:
     prefix: str
 
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{{catalog}}:{name}"
+
     @property
     def meta(self) -> str:
-        return f"{self.prefix}{{catalog}}:meta"
+        return self._key("meta")
 
     @property
     def vectors(self) -> str:
-        return f"{self.prefix}{{catalog}}:vectors"
+        return self._key("vectors")
 
     @property
     def version(self) -> str:
-        return f"{self.prefix}{{catalog}}:version"
+        return self._key("version")
+
+    @property
+    def log(self) -> str:
+        return self._key("log")
+
+    def all(self) -> list[str]:
+        return [self.meta, self.vectors, self.version, self.log]
 
 
-def queue_upsert(pipe, keys: CatalogKeys, items: list[CatalogItem], vectors: np.ndarray) -> None:
-    """Queue an upsert on a (sync or async) pipeline; its last reply is the new version."""
-    if len(items) != len(vectors):
-        raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
-    meta = {
-        i.item_id: json.dumps({"title": i.title, "text": i.text, "tags": list(i.tags)})
-        for i in items
-    }
-    blobs = {i.item_id: np.asarray(v, VECTOR_DTYPE).tobytes() for i, v in zip(items, vectors)}
-    pipe.hset(keys.meta, mapping=meta)
-    pipe.hset(keys.vectors, mapping=blobs)
-    pipe.incr(keys.version)
-
-
-def queue_remove(pipe, keys: CatalogKeys, item_ids: list[str]) -> None:
-    """Queue the removal of items (no longer recommendable); last reply is the new version."""
-    pipe.hdel(keys.meta, *item_ids)
-    pipe.hdel(keys.vectors, *item_ids)
-    pipe.incr(keys.version)
+def change_args(
+    upserts: list[CatalogItem],
+    vectors: np.ndarray | None,
+    removals: list[str],
+    event_ts: dict[str, float] | None = None,
+) -> list:
+    """WRITE_LUA's ARGV for a batch of changes; ``event_ts`` (item -> when the change
+    entered Kafka) defaults to now and feeds the freshness metric."""
+    if upserts and (vectors is None or len(upserts) != len(vectors)):
+        raise ValueError(
+            f"{len(upserts)} items but {0 if vectors is None else len(vectors)} vectors"
+        )
+    now = time.time()
+    stamp = (event_ts or {}).get
+    args: list = [LOG_MAX_ENTRIES]
+    for item, vector in zip(upserts, vectors if vectors is not None else []):
+        meta = json.dumps({"title": item.title, "text": item.text, "tags": list(item.tags)})
+        blob = np.asarray(vector, VECTOR_DTYPE).tobytes()
+        args += ["upsert", item.item_id, repr(stamp(item.item_id, now)), meta, blob]
+    for item_id in removals:
+        args += ["remove", item_id, repr(stamp(item_id, now)), "", ""]
+    return args
 
 
 class CatalogStore:
-    """Writes and reads catalog entries (synchronous: used by commands and Triton)."""
+    """Writes and reads catalog entries (synchronous: used by commands and tests)."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
         self.keys = CatalogKeys(prefix)
+        self._write = client.register_script(WRITE_LUA)
 
     def upsert(self, items: list[CatalogItem], vectors: np.ndarray) -> int:
-        """Store items with their vectors in one transaction; returns the new version."""
-        pipe = self._redis.pipeline(transaction=True)
-        queue_upsert(pipe, self.keys, items, vectors)
-        return int(pipe.execute()[-1])
+        """Store items with their vectors and log them; returns the new version."""
+        return int(self._write(keys=self.keys.all(), args=change_args(items, vectors, [])))
+
+    def remove(self, item_ids: list[str]) -> int:
+        return int(self._write(keys=self.keys.all(), args=change_args([], None, item_ids)))
 
     def size(self) -> int:
         return int(self._redis.hlen(self.keys.vectors))
 
     def titles(self, item_ids: list[str]) -> list[str | None]:
         """Titles of the given items (None where unknown), in order."""
-        if not item_ids:
-            return []
-        raw = self._redis.hmget(self.keys.meta, item_ids)
-        return [json.loads(r)["title"] if r else None for r in raw]
+        return titles(self._redis.hmget(self.keys.meta, item_ids) if item_ids else [])
 
 
 class AsyncCatalogWriter:
-    """The worker's catalog writes, on its asyncio Redis client."""
+    """The worker's catalog access, on its asyncio Redis client."""
 
     def __init__(self, client, prefix: str) -> None:
         self._redis = client
         self.keys = CatalogKeys(prefix)
+        self._write = client.register_script(WRITE_LUA)
 
     async def apply(
-        self, upserts: list[CatalogItem], vectors: np.ndarray | None, removals: list[str]
+        self,
+        upserts: list[CatalogItem],
+        vectors: np.ndarray | None,
+        removals: list[str],
+        event_ts: dict[str, float] | None = None,
     ) -> int:
-        """Upserts and removals in one transaction; returns the new catalog version."""
-        pipe = self._redis.pipeline(transaction=True)
-        if upserts:
-            queue_upsert(pipe, self.keys, upserts, vectors)
-        if removals:
-            queue_remove(pipe, self.keys, removals)
+        """Upserts and removals in one atomic script; returns the new catalog version."""
+        args = change_args(upserts, vectors, removals, event_ts)
         try:
-            replies = await pipe.execute()
+            return int(await self._write(keys=self.keys.all(), args=args))
         except RedisError as exc:
             raise RedisUnavailable(f"catalog write failed: {type(exc).__name__}") from exc
-        return int(replies[-1])
+
+    async def titles(self, item_ids: list[str]) -> dict[str, str]:
+        """Title of each known item (unknown and removed items are left out)."""
+        if not item_ids:
+            return {}
+        try:
+            raw = await self._redis.hmget(self.keys.meta, item_ids)
+        except RedisError as exc:
+            raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        return {i: t for i, t in zip(item_ids, titles(raw)) if t is not None}
 
 
-class CatalogReader:
-    """Holds the catalog matrix in memory and reloads it when the version moves."""
+def titles(raw_meta: list[bytes | None]) -> list[str | None]:
+    return [json.loads(r)["title"] if r else None for r in raw_meta]
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+
+class CatalogMatrixLike(Protocol):
+    """What :class:`CatalogTailer` feeds (``serving.catalog_matrix.CatalogMatrix``)."""
+
+    def replace(self, item_ids: list[str], vectors: np.ndarray) -> None: ...
+
+    def upsert(self, item_ids: list[str], vectors: np.ndarray) -> None: ...
+
+    def remove(self, item_ids: list[str]) -> None: ...
+
+
+class CatalogTailer:
+    """Keeps an in-memory catalog in step with Redis: a snapshot, then the log's changes.
+
+    ``poll`` applies what the log holds after the last applied entry; ``start`` runs it
+    in a daemon thread (Triton's python backend calls ``execute`` from its own thread,
+    so changes land between requests under ``lock``). ``on_upsert`` receives the seconds
+    from each upsert entering Kafka to it being applied: the freshness metric.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        matrix: CatalogMatrixLike,
+        on_upsert: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self._redis = client
         self.keys = CatalogKeys(prefix)
-        self.version: int | None = None
-        self.item_ids: np.ndarray = np.empty(0, dtype=object)
-        self.row_of: dict[str, int] = {}
-        self.vectors = np.empty((0, 0), dtype=np.float32)
+        self._matrix = matrix
+        self._on_upsert = on_upsert
+        self.lock = threading.Lock()
+        self.seq = -1  # no snapshot yet
+        self._last_id = "0-0"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def refresh(self) -> bool:
-        """Reload if the catalog changed since the last load; returns True if it did."""
-        raw_version = self._redis.get(self.keys.version)
-        version = int(raw_version) if raw_version is not None else 0
-        if version == self.version:
-            return False
+    def load_snapshot(self) -> None:
+        """Every vector and the log position they reflect, read in one transaction."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(self.keys.version)
         pipe.hgetall(self.keys.vectors)
-        raw_version, blobs = pipe.execute()
+        pipe.xrevrange(self.keys.log, count=1)
+        raw_version, blobs, last = pipe.execute()
         ids = sorted(blobs)  # a stable row order makes results reproducible
-        self.item_ids = np.array([i.decode() for i in ids], dtype=object)
-        self.row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
-        if ids:
-            self.vectors = np.stack([np.frombuffer(blobs[i], dtype=VECTOR_DTYPE) for i in ids])
-        else:
-            self.vectors = np.empty((0, 0), dtype=np.float32)
-        self.version = int(raw_version) if raw_version is not None else 0
-        return True
+        vectors = [np.frombuffer(blobs[i], dtype=VECTOR_DTYPE) for i in ids]
+        with self.lock:
+            self._matrix.replace([i.decode() for i in ids], _stack(vectors))
+        self.seq = int(raw_version or 0)
+        self._last_id = last[0][0].decode() if last else "0-0"
+        logger.info("catalog snapshot items=%d seq=%d", len(ids), self.seq)
 
-    def rows(self, item_ids: np.ndarray) -> np.ndarray:
-        """Catalog row of each id (-1 for unknown ids or padding)."""
-        lookup = self.row_of.get
-        flat = [lookup(_as_str(i), -1) for i in item_ids.ravel()]
-        return np.array(flat, dtype=np.int64).reshape(item_ids.shape)
+    def poll(self, block_ms: int | None = None) -> int:
+        """Apply the log entries after the last applied one; returns how many."""
+        if self.seq < 0:
+            self.load_snapshot()
+        reply = self._redis.xread({self.keys.log: self._last_id}, count=1000, block=block_ms)
+        entries = reply[0][1] if reply else []
+        if not entries:
+            return 0
+        changes = [_change(fields) for _, fields in entries]
+        if changes[0].seq != self.seq + 1 or _has_gap(changes):
+            logger.warning("catalog log gap after seq=%d: loading a snapshot", self.seq)
+            self.load_snapshot()
+            return len(entries)
+        self._apply(changes)
+        self.seq = changes[-1].seq
+        self._last_id = entries[-1][0].decode()
+        return len(entries)
+
+    def _apply(self, changes: list[_Change]) -> None:
+        latest = {c.item_id: c for c in changes}  # the last change of an item wins
+        upserted = [c.item_id for c in latest.values() if c.op == "upsert"]
+        blobs = self._redis.hmget(self.keys.vectors, upserted) if upserted else []
+        found = {i: b for i, b in zip(upserted, blobs) if b is not None}
+        # An item removed again after its upsert was logged has no vector any more.
+        removed = [c.item_id for c in latest.values() if c.item_id not in found]
+        with self.lock:
+            if found:
+                vectors = [np.frombuffer(b, dtype=VECTOR_DTYPE) for b in found.values()]
+                self._matrix.upsert(list(found), _stack(vectors))
+            if removed:
+                self._matrix.remove(removed)
+        now = time.time()
+        for item_id in found:
+            self._on_upsert(max(0.0, now - latest[item_id].ts))
+
+    def start(self, block_ms: int = 1000) -> None:
+        self.load_snapshot()
+        self._thread = threading.Thread(
+            target=self._run, args=(block_ms,), name="catalog-tailer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, block_ms: int) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll(block_ms)
+            except Exception:  # noqa: BLE001  (keep tailing: Redis may come back)
+                logger.exception("catalog tailing failed; retrying in 1 s")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
 
 
-def _as_str(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+@dataclass(frozen=True)
+class _Change:
+    op: str
+    item_id: str
+    seq: int
+    ts: float
+
+
+def _change(fields: dict) -> _Change:
+    return _Change(
+        fields[b"op"].decode(), fields[b"item"].decode(), int(fields[b"seq"]), float(fields[b"ts"])
+    )
+
+
+def _has_gap(changes: list[_Change]) -> bool:
+    return any(b.seq != a.seq + 1 for a, b in zip(changes, changes[1:]))
+
+
+def _stack(vectors: list[np.ndarray]) -> np.ndarray:
+    return np.stack(vectors) if vectors else np.empty((0, 0), dtype=np.float32)

@@ -12,6 +12,8 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEVELOPMENT_USER_ID_KEY = "streamrec-development-key"
+
 
 class _Group(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -98,6 +100,30 @@ class WorkerSettings(_Group):
     """Faust's local data directory."""
 
 
+class PolicySettings(_Group):
+    exclude_clicked: bool = True
+    """Never recommend items the user clicked (within the history); purchases are always
+    excluded."""
+    diversity: float = Field(0.8, ge=0.0, le=1.0)
+    """MMR lambda: 1.0 ranks by relevance alone, lower values trade relevance for variety."""
+    purchased_max: int = Field(1000, ge=1)
+    """Purchased items remembered per user (never recommended again)."""
+    trending_half_life_s: float = Field(3600.0, gt=0)
+    """Half-life of an interaction's weight in the trending score."""
+    trending_max_items: int = Field(10_000, ge=10)
+    """Items the trending set keeps (the least popular are dropped)."""
+    trending_refresh_s: float = Field(2.0, gt=0)
+    """How long a worker reuses the trending list it read before reading it again."""
+    coverage_window_s: int = Field(3600, ge=60)
+    """Window of the catalog coverage metric (distinct items recommended)."""
+
+
+class PrivacySettings(_Group):
+    user_id_key: SecretStr = SecretStr(DEVELOPMENT_USER_ID_KEY)
+    """HMAC key that pseudonymises user ids before they reach Redis or logs; set a secret
+    in production (the built-in development key is logged as a warning)."""
+
+
 class Settings(BaseSettings):
     """StreamRec configuration (env prefix STREAMREC_, nested with __)."""
 
@@ -113,6 +139,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     triton: TritonSettings = TritonSettings()
     worker: WorkerSettings = WorkerSettings()
+    policy: PolicySettings = PolicySettings()
+    privacy: PrivacySettings = PrivacySettings()
     log_level: str = "INFO"
     """Level of the streamrec logger."""
 

@@ -33,7 +33,7 @@ MALFORMED_SAMPLES = [
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
     env: dict[str, str] = {}
-    for group in ("kafka", "redis", "triton", "worker"):
+    for group in ("kafka", "redis", "triton", "worker", "policy", "privacy"):
         for name, value in getattr(settings, group).model_dump().items():
             if value is None:
                 continue

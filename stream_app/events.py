@@ -13,7 +13,10 @@ Input ``items`` (key: item_id)::
 
 Output ``recommendations`` (key: user_id)::
 
-    {"schema_version": 1, "user_id": "u-7", "items": [{"item_id": "181", "score": 0.83}, ...],
+    {"schema_version": 1, "user_id": "u-7",
+     "items": [{"item_id": "181", "score": 0.83, "reason": "personal",
+                "explanation": "because you watched Star Wars (1977)", "because_item_id": "50"},
+               ...],
      "model_version": "weighted-mean-v1", "trigger_event_id": "e-1",
      "event_ts": 1764115200.25, "generated_at": 1764115200.31}
 
@@ -77,10 +80,18 @@ class ItemUpsert:
     available: bool = True
 
 
+REASONS = ("personal", "trending", "fallback")
+"""Why an item is in a list: ranked from the user's history; popular now for a user with
+no usable history; popular now, filling a personal list that came back short."""
+
+
 @dataclass(frozen=True)
 class RecommendedItem:
     item_id: str
     score: float
+    reason: str  # one of REASONS
+    explanation: str  # short, human readable: "because you watched Heat (1995)"
+    because_item_id: str | None = None  # the history item that contributed most
 
 
 @dataclass(frozen=True)
@@ -92,9 +103,13 @@ class Recommendations:
     event_ts: float
     generated_at: float
 
-    def to_json(self) -> bytes:
+    def to_json(self, with_caller_ids: bool = True) -> bytes:
+        """The output message. The copy kept in Redis leaves out the ids the caller chose
+        (user id, trigger event id: event ids are often built from user ids)."""
         body = {"schema_version": SCHEMA_VERSION, **asdict(self)}
         body["items"] = [asdict(i) for i in self.items]
+        if not with_caller_ids:
+            del body["user_id"], body["trigger_event_id"]
         return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -1,13 +1,18 @@
-"""Redis adapter: per-user rolling history, idempotency on event_id, latest recommendations.
+"""Redis adapter: per-user rolling history, idempotency on event_id, purchases, latest
+recommendations.
 
-Keys, one user's keys sharing a ``{user}`` hash tag so each Lua call stays in one
-Redis Cluster slot:
-    <prefix>h:{<user>}     sorted set, member "event_id\\titem_id\\ttype", score = event ts
-                           (events with the same ts are ordered by event_id)
-    <prefix>seen:{<user>}  sorted set of applied event ids (the dedup window), score = ts
-    <prefix>recs:{<user>}  the latest recommendations message (JSON), same TTL
+``<user>`` is always the pseudonym (see ``privacy.py``), never the id a caller sent. Keys,
+one user's keys sharing a ``{user}`` hash tag so each Lua call stays in one Redis Cluster
+slot:
+    <prefix>h:{<user>}       sorted set, member "event_id\\titem_id\\ttype", score = event ts
+                             (event ids are pseudonymised too; equal ts order by them)
+    <prefix>seen:{<user>}    sorted set of applied event ids (the dedup window), score = ts
+    <prefix>bought:{<user>}  sorted set of purchased item ids (never recommended), score = ts
+    <prefix>recs:{<user>}    the latest recommendations (JSON, without the user id)
+All expire after the same idle TTL.
 
-A batch is one pipeline holding one script call per user: one network round trip.
+A batch is one pipeline holding one script call per user: one network round trip, which
+also returns what the policy and the hit-rate metric need (purchases, the last list).
 """
 
 from __future__ import annotations
@@ -29,22 +34,29 @@ APPEND_LUA = """
 local history_len = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+local bought_max = tonumber(ARGV[4])
 local flags = {}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local event_id, item_id, event_type, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('ZSCORE', KEYS[2], event_id) then
     flags[#flags + 1] = 0
   else
     redis.call('ZADD', KEYS[2], ts, event_id)
     redis.call('ZADD', KEYS[1], ts, event_id .. '\\t' .. item_id .. '\\t' .. event_type)
+    if event_type == 'purchase' then
+      redis.call('ZADD', KEYS[3], ts, item_id)
+    end
     flags[#flags + 1] = 1
   end
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(history_len + 1))
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(window + 1))
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(bought_max + 1))
+for k = 1, 4 do
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
+        redis.call('ZRANGE', KEYS[3], 0, -1), redis.call('GET', KEYS[4])}
 """
 
 
@@ -52,9 +64,11 @@ return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 class UserUpdate:
     """What one batch did to one user: which of its events were new, and the history after."""
 
-    user_id: str
+    user_id: str  # the pseudonym
     new_event_ids: tuple[str, ...]
     history: tuple[Interaction, ...]  # oldest first
+    purchased: frozenset[str]  # every item bought (up to purchased_max)
+    last_recommendations: bytes | None  # the list shown before this batch, if any
 
 
 class HistoryStore:
@@ -65,10 +79,11 @@ class HistoryStore:
         history_length: int,
         dedup_window: int,
         user_ttl_s: int,
+        purchased_max: int = 1000,
     ) -> None:
         self._redis = client
         self._prefix = prefix
-        self._limits = (history_length, dedup_window, user_ttl_s)
+        self._limits = (history_length, dedup_window, user_ttl_s, purchased_max)
         self._sha: str | None = None
 
     def history_key(self, user_id: str) -> str:
@@ -77,11 +92,15 @@ class HistoryStore:
     def seen_key(self, user_id: str) -> str:
         return f"{self._prefix}seen:{{{user_id}}}"
 
+    def bought_key(self, user_id: str) -> str:
+        return f"{self._prefix}bought:{{{user_id}}}"
+
     def recs_key(self, user_id: str) -> str:
         return f"{self._prefix}recs:{{{user_id}}}"
 
     async def append_batch(self, events: list[Interaction]) -> list[UserUpdate]:
-        """Apply a batch of valid events in one round trip; one update per user, in order."""
+        """Apply a batch of valid events (user ids already pseudonymised) in one round trip;
+        one update per user, in order."""
         by_user: dict[str, list[Interaction]] = defaultdict(list)
         for event in events:
             by_user[event.user_id].append(event)
@@ -91,9 +110,10 @@ class HistoryStore:
             except RedisError as exc:
                 raise RedisUnavailable(f"history append failed: {type(exc).__name__}") from exc
         updates = []
-        for (user_id, user_events), (flags, flat) in zip(by_user.items(), replies):
+        for (user_id, user_events), (flags, flat, bought, last) in zip(by_user.items(), replies):
             new_ids = tuple(e.event_id for e, flag in zip(user_events, flags) if flag == 1)
-            updates.append(UserUpdate(user_id, new_ids, _entries(user_id, flat)))
+            purchased = frozenset(i.decode() for i in bought)
+            updates.append(UserUpdate(user_id, new_ids, _entries(user_id, flat), purchased, last))
         return updates
 
     async def _run_scripts(self, by_user: dict[str, list[Interaction]]) -> list:
@@ -105,7 +125,13 @@ class HistoryStore:
                 args: list[str | int | float] = list(self._limits)
                 for e in user_events:
                     args += [e.event_id, e.item_id, e.type, repr(e.ts)]
-                pipe.evalsha(self._sha, 2, self.history_key(user_id), self.seen_key(user_id), *args)
+                keys = (
+                    self.history_key(user_id),
+                    self.seen_key(user_id),
+                    self.bought_key(user_id),
+                    self.recs_key(user_id),
+                )
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
             try:
                 return await pipe.execute()
             except NoScriptError:
@@ -121,7 +147,7 @@ class HistoryStore:
         return tuple(_entry(user_id, member, score) for member, score in flat)
 
     async def save_recommendations(self, messages: dict[str, bytes]) -> None:
-        """Store each user's latest recommendations message (JSON), in one pipeline."""
+        """Store each user's latest recommendations (JSON), in one pipeline."""
         ttl = self._limits[2]
         with track_redis("save_recommendations"):
             try:

@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from stream_app.errors import InferenceUnavailable
 from stream_app.metrics import track_triton
+from stream_app.policy import Candidate
 
 EMBED_BATCH = 64
 """Texts per item_embedder request; matches its config's max_batch_size."""
@@ -22,17 +23,19 @@ EMBED_BATCH = 64
 
 @dataclass(frozen=True)
 class HistoryRow:
-    """One user's history for the recommender, oldest first."""
+    """One user's history for the recommender, oldest first, and what it must not return."""
 
     item_ids: Sequence[str]
     purchased: Sequence[bool]
+    exclude: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """Top-k (item_id, score) lists, one per history row, and the model that made them."""
+    """Top-k candidates (best first), one list per history row, and the model that made
+    them. An empty list means the history holds no item the catalog knows."""
 
-    lists: list[list[tuple[str, float]]]
+    lists: list[list[Candidate]]
     model_version: str
 
 
@@ -60,25 +63,31 @@ class TritonRecommender:
         except InferenceServerException:
             return False
 
-    async def recommend(self, rows: list[HistoryRow], k: int) -> Ranking:
-        """Top-k (item_id, score) per history row, in one request for the whole batch."""
+    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
+        """Top-k candidates per history row, in one request for the whole batch.
+
+        ``diversity`` is the MMR lambda: 1.0 ranks by score alone, lower trades score
+        for variety.
+        """
         if not rows:
             return Ranking([], "none")
-        width = max(1, max(len(r.item_ids) for r in rows))
-        ids = np.full((len(rows), width), b"", dtype=object)
-        purchased = np.zeros((len(rows), width), dtype=bool)
+        purchased = np.zeros((len(rows), max(1, max(len(r.item_ids) for r in rows))), dtype=bool)
         for i, row in enumerate(rows):
-            ids[i, : len(row.item_ids)] = [item.encode() for item in row.item_ids]
             purchased[i, : len(row.purchased)] = row.purchased
         inputs = [
-            _input("HISTORY_IDS", ids, "BYTES"),
+            _input("HISTORY_IDS", _padded([r.item_ids for r in rows]), "BYTES"),
             _input("HISTORY_PURCHASED", purchased, "BOOL"),
+            _input("EXCLUDE_IDS", _padded([r.exclude for r in rows]), "BYTES"),
         ]
-        result = await self._infer(self._recommender, inputs, parameters={"top_k": k})
-        top_ids, top_scores = result.as_numpy("TOP_IDS"), result.as_numpy("TOP_SCORES")
+        parameters = {"top_k": k, "diversity": float(diversity)}
+        result = await self._infer(self._recommender, inputs, parameters=parameters)
         lists = [
-            [(i.decode(), float(s)) for i, s in zip(id_row, score_row) if i]
-            for id_row, score_row in zip(top_ids, top_scores)
+            [Candidate(i.decode(), float(s), b.decode() or None) for i, s, b in zip(*row) if i]
+            for row in zip(
+                result.as_numpy("TOP_IDS"),
+                result.as_numpy("TOP_SCORES"),
+                result.as_numpy("BECAUSE_IDS"),
+            )
         ]
         return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode())
 
@@ -103,6 +112,14 @@ class TritonRecommender:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _padded(rows: list[Sequence[str]]) -> np.ndarray:
+    """Ragged id lists as one (rows, longest) BYTES array padded with empty ids."""
+    ids = np.full((len(rows), max(1, max(len(r) for r in rows))), b"", dtype=object)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = [item.encode() for item in row]
+    return ids
 
 
 def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:

@@ -1,8 +1,9 @@
 """Every StreamRec Prometheus metric, defined once, with small track_* helpers.
 
 Names follow ``streamrec_<subsystem>_<noun>_<unit>``; labels come from small fixed sets
-(``topic``, ``type``, ``reason``, ``model``, ``outcome``, ``operation``), never a user or
-item id.
+(``topic``, ``type``, ``reason``, ``model``, ``outcome``, ``operation``, ``position``),
+never a user or item id. The catalog freshness histogram lives in the Triton recommender
+(Triton's metrics port), where items become scorable.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,6 +61,33 @@ END_TO_END_LATENCY = Histogram(
 RECOMMENDATIONS_PUBLISHED = Counter(
     "streamrec_recs_published_total",
     "Recommendation lists published to the output topic.",
+    registry=REGISTRY,
+)
+RECOMMENDED_ITEMS = Counter(
+    "streamrec_recs_items_total",
+    "Items in published recommendation lists, by reason (personal, trending, fallback).",
+    ["reason"],
+    registry=REGISTRY,
+)
+QUALITY_INTERACTIONS = Counter(
+    "streamrec_quality_interactions_total",
+    "First-time interactions of users who had a recommendation list (hit-rate denominator).",
+    registry=REGISTRY,
+)
+QUALITY_HITS = Counter(
+    "streamrec_quality_hits_total",
+    "Interactions with an item of the user's previous list, by its position and reason.",
+    ["position", "reason"],
+    registry=REGISTRY,
+)
+COVERAGE_RATIO = Gauge(
+    "streamrec_quality_catalog_coverage_ratio",
+    "Distinct items recommended over the coverage window / items in the catalog.",
+    registry=REGISTRY,
+)
+COVERAGE_ITEMS = Gauge(
+    "streamrec_quality_recommended_items",
+    "Distinct items recommended over the coverage window (all workers; HyperLogLog).",
     registry=REGISTRY,
 )
 TRITON_LATENCY = Histogram(

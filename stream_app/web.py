@@ -12,11 +12,18 @@ from stream_app.errors import RedisUnavailable
 from stream_app.history import HistoryStore
 from stream_app.inference import TritonRecommender
 from stream_app.metrics import exposition
+from stream_app.privacy import Pseudonymiser
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp adds the charset
 
 
-def register(app: faust.App, history: HistoryStore, redis_client, recommender: TritonRecommender):
+def register(
+    app: faust.App,
+    history: HistoryStore,
+    redis_client,
+    recommender: TritonRecommender,
+    pseudonym: Pseudonymiser,
+) -> None:
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
         return self.bytes(exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
@@ -39,15 +46,18 @@ def register(app: faust.App, history: HistoryStore, redis_client, recommender: T
     @app.page("/recommendations/{user_id}")
     async def recommendations(self: View, request: Request, user_id: str) -> Response:
         try:
-            body = await history.latest_recommendations(user_id)
+            body = await history.latest_recommendations(pseudonym(user_id))
         except RedisUnavailable:
             return self.json({"error": "unavailable", "detail": "Redis did not answer"}, status=503)
         if body is None:
-            return self.json(
-                {"error": "not_found", "detail": "no recommendations for this user yet"},
-                status=404,
+            detail = (
+                "no recommendations for this user: no interaction from them has been"
+                " processed yet, or their history expired"
             )
-        return self.json(json.loads(body))
+            return self.json({"error": "not_found", "detail": detail}, status=404)
+        # Redis keeps the list under the pseudonym, without caller ids; the caller knows
+        # whom they asked for.
+        return self.json({"user_id": user_id, **json.loads(body)})
 
 
 async def _redis_ok(client) -> bool:

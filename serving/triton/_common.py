@@ -20,8 +20,8 @@ def config_parameter(model_config: dict, name: str, default: str) -> str:
     return parameters.get(name, {}).get("string_value", default)
 
 
-def request_parameter(request, name: str, default: int) -> int:
-    return int(json.loads(request.parameters() or "{}").get(name, default))
+def request_parameter(request, name: str, default: float, cast: Callable = int):
+    return cast(json.loads(request.parameters() or "{}").get(name, default))
 
 
 def input_array(request, name: str) -> np.ndarray:

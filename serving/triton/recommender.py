@@ -1,10 +1,12 @@
-"""Triton python-backend model: user histories -> top-K catalog items.
+"""Triton python-backend model: user histories -> top-K catalog items, with explanations.
 
 A version directory holding ``head.json`` serves the trained scoring head (ONNX, see
 ``serving/export_head.py``); one without serves the zero-shot weighted mean of BERT item
-vectors. Either way the catalog's BERT vectors live in Redis and are reloaded whenever
-their version counter moves, so upserted items are scorable on the next request. The
-maths is in ``serving.scoring`` / ``serving.head_runtime``; this file only moves tensors.
+vectors. Either way the catalog lives in Redis: each model instance loads a snapshot and
+then tails the catalog log in a background thread, so an upserted item is scorable as
+soon as its log entry is read (``streamrec_catalog_freshness_seconds`` on Triton's
+metrics port measures how soon). The maths is in ``serving.ranker``; this file only
+moves tensors.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from serving.catalog_matrix import CatalogMatrix
 from serving.head_runtime import HeadRuntime
-from serving.scoring import recommend
+from serving.ranker import Ranker
 from serving.triton._common import (
     answer_each,
     config_parameter,
@@ -24,8 +27,10 @@ from serving.triton._common import (
     output_dtype,
     request_parameter,
 )
-from stream_app.catalog import CatalogReader, redis_client
+from stream_app.catalog import CatalogTailer, redis_client
 from stream_app.config import Settings
+
+FRESHNESS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300]
 
 
 class TritonPythonModel:
@@ -35,43 +40,63 @@ class TritonPythonModel:
         self.score_dtype = output_dtype(config, "TOP_SCORES")
         self.default_k = int(config_parameter(config, "default_top_k", "10"))
         self.max_k = int(config_parameter(config, "max_top_k", "100"))
+        self.candidates = int(config_parameter(config, "diversity_candidates", "50"))
         threads = int(config_parameter(config, "intra_op_threads", "0"))
-        self.head = (
-            HeadRuntime(version_dir, threads) if (version_dir / "head.json").exists() else None
-        )
+        head = HeadRuntime(version_dir, threads) if (version_dir / "head.json").exists() else None
         self.model_version = (
-            self.head.model_version
-            if self.head
+            head.model_version
+            if head
             else config_parameter(config, "zero_shot_version", "weighted-mean-v1")
         )
+        matrix = CatalogMatrix(transform=head.item_vectors if head else None)
+        self.ranker = Ranker(matrix, head)
+        freshness = pb_utils.MetricFamily(
+            name="streamrec_catalog_freshness_seconds",
+            description="From a catalog upsert entering Kafka to the item being scorable"
+            " in this recommender instance.",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self._freshness = freshness.Metric(
+            labels={"model": args["model_name"], "version": args["model_version"]},
+            buckets=FRESHNESS_BUCKETS,
+        )
+        self._families = [freshness]  # metric families must outlive their metrics
         # Redis address and key prefix come from the same STREAMREC_ settings as the worker.
         settings = Settings()
-        self.catalog = CatalogReader(redis_client(settings), settings.redis.key_prefix)
+        self.tailer = CatalogTailer(
+            redis_client(settings), settings.redis.key_prefix, matrix, self._freshness.observe
+        )
+        self.tailer.start()
 
-    def _recommend(self, request):
+    def _recommend(self, request) -> list:
         k = request_parameter(request, "top_k", self.default_k)
         if not 1 <= k <= self.max_k:
             raise ValueError(f"top_k must be between 1 and {self.max_k}, got {k}")
+        diversity = request_parameter(request, "diversity", 1.0, float)
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
         item_ids = input_array(request, "HISTORY_IDS")
         purchased = input_array(request, "HISTORY_PURCHASED").astype(bool)
         if item_ids.shape != purchased.shape:
             raise ValueError("HISTORY_IDS and HISTORY_PURCHASED must have the same shape")
-        if self.catalog.vectors.size == 0:
-            raise ValueError("the catalog is empty: load it with `streamrec catalog`")
-        rows = self.catalog.rows(item_ids)
-        if self.head:
-            indices, scores = self.head.recommend(rows, purchased, k)
-        else:
-            indices, scores = recommend(self.catalog.vectors, rows, purchased, k)
-        ids = np.where(indices >= 0, self.catalog.item_ids[np.clip(indices, 0, None)], b"")
-        version = np.full((len(ids), 1), self.model_version.encode(), dtype=np.object_)
+        exclude = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_IDS")
+        exclude_ids = exclude.as_numpy() if exclude is not None else np.empty((len(item_ids), 0))
+        if len(exclude_ids) != len(item_ids):
+            raise ValueError("EXCLUDE_IDS needs one row per history")
+        with self.tailer.lock:
+            ranked = self.ranker.rank(
+                item_ids, purchased, exclude_ids, k, diversity, max(self.candidates, k)
+            )
+        version = np.full((len(item_ids), 1), self.model_version.encode(), dtype=np.object_)
         return [
-            pb_utils.Tensor("TOP_IDS", ids.astype(np.object_)),
-            pb_utils.Tensor("TOP_SCORES", scores.astype(self.score_dtype)),
+            pb_utils.Tensor("TOP_IDS", ranked.item_ids.astype(np.object_)),
+            pb_utils.Tensor("TOP_SCORES", ranked.scores.astype(self.score_dtype)),
+            pb_utils.Tensor("BECAUSE_IDS", ranked.because_ids.astype(np.object_)),
             pb_utils.Tensor("MODEL_VERSION", version),
         ]
 
     def execute(self, requests):
-        if self.catalog.refresh() and self.head:  # one cheap GET per batch of requests
-            self.head.load_catalog(self.catalog.item_ids, self.catalog.vectors)
         return answer_each(requests, self._recommend)
+
+    def finalize(self) -> None:
+        self.tailer.stop()

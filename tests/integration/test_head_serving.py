@@ -68,7 +68,10 @@ def test_exported_head_serves_the_same_top10_as_pytorch(stack_settings, stack, t
     users = list(range(0, 900, 90))
     histories = [prepared.split.train.items[u] for u in users]
     bought = [prepared.split.train.purchased[u] for u in users]
-    rows = [HistoryRow([item_ids[r - 1] for r in h], list(p)) for h, p in zip(histories, bought)]
+    rows = []
+    for history, purchased in zip(histories, bought):
+        history_ids = [item_ids[r - 1] for r in history]
+        rows.append(HistoryRow(history_ids, list(purchased), exclude=history_ids))
 
     with DevStack(settings, workdir=VAR / "head-stack", components=["triton"]):
         ranking = asyncio.run(recommend(settings, rows))
@@ -88,13 +91,13 @@ def test_exported_head_serves_the_same_top10_as_pytorch(stack_settings, stack, t
     expected, _ = top_k(scores[:, 1:], 10, exclude=exclude)
     assert ranking.model_version.startswith("head-text+id-")
     for served, best in zip(ranking.lists, expected):
-        assert [item for item, _ in served] == [item_ids[r] for r in best]
+        assert [c.item_id for c in served] == [item_ids[r] for r in best]
 
 
 async def recommend(settings, rows):
     client = TritonRecommender(settings.triton.url, "recommender", "item_embedder", 30.0)
     try:
-        return await client.recommend(rows, 10)
+        return await client.recommend(rows, 10, diversity=1.0)
     finally:
         await client.close()
 

@@ -10,8 +10,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from stream_app.catalog import CatalogKeys
 from stream_app.events import Interaction
 from stream_app.history import HistoryStore
+from stream_app.popularity import Popularity
 from tests.integration.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -93,3 +95,63 @@ def test_recommendations_cache_round_trip(stack_settings, stack):
         return await store.latest_recommendations(user), await store.latest_recommendations("none")
 
     assert run(save_and_read, stack_settings) == (b'{"items": []}', None)
+
+
+def test_purchases_outlive_the_history_window_and_the_last_list_comes_back(stack_settings, stack):
+    user = unique("u")
+    bought = click(user, 0, kind="purchase")
+    later = [click(user, n) for n in range(1, 8)]  # pushes the purchase out of 5 events
+
+    async def scenario(store):
+        await store.append_batch([bought])
+        await store.save_recommendations({user: b'{"items": []}'})
+        return await store.append_batch(later)
+
+    (update,) = run(scenario, stack_settings)
+    assert "item0" not in [h.item_id for h in update.history]
+    assert update.purchased == frozenset({"item0"})
+    assert update.last_recommendations == b'{"items": []}'
+
+
+def popularity(settings, half_life_s: float = 100.0, max_items: int = 100) -> Popularity:
+    client = aioredis.Redis.from_url(settings.redis.url)
+    return Popularity(client, unique("pop") + ":", half_life_s, max_items, 0.0, 3600)  # no reuse
+
+
+def test_trending_decays_with_event_time_and_survives_a_rebase(stack_settings, stack, catalog):
+    async def main():
+        pop = popularity(stack_settings)
+        pop._catalog = CatalogKeys(stack_settings.redis.key_prefix)  # the MovieLens catalog
+        old = [Interaction(f"o{i}", "u", "1", "click", 1000.0) for i in range(3)]
+        new = [Interaction("n1", "u", "2", "click", 1000.0 + 100.0)]  # one half-life later
+        await pop.record(old + new, [])
+        first = await pop.trending(5)
+        # Far beyond 60 half-lives: the script rebases and the old scores shrink to nothing.
+        await pop.record([Interaction("n2", "u", "3", "click", 1000.0 + 100.0 * 70)], [])
+        second = await pop.trending(5)
+        await pop.record([Interaction("x", "u", "not-in-catalog", "click", 8000.0)], [])
+        third = await pop.trending(5)
+        await pop._redis.aclose()
+        return first, second, third
+
+    first, second, third = asyncio.run(main())
+    # Three old clicks weigh 3 * 1, the newer one 2: item 1 leads, item 2 at 2/3 of it.
+    assert first == [("1", 1.0), ("2", pytest.approx(2 / 3))]
+    assert [item for item, _ in second] == ["3", "1", "2"]
+    assert second[1][1] == pytest.approx(3 * 2**-70, rel=1e-6)
+    assert "not-in-catalog" not in [item for item, _ in third]  # unknown items are not shown
+
+
+def test_coverage_counts_distinct_recommended_items_against_the_catalog(stack_settings, catalog):
+    async def main():
+        pop = popularity(stack_settings)
+        pop._catalog = CatalogKeys(stack_settings.redis.key_prefix)
+        await pop.record([], ["1", "2", "3"])
+        await pop.record([], ["2", "3", "4"])
+        counted = await pop.coverage()
+        await pop._redis.aclose()
+        return counted
+
+    distinct, size = asyncio.run(main())
+    assert distinct == 4
+    assert size >= 1682

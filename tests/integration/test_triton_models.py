@@ -8,6 +8,7 @@ recommender's catalog reload from Redis.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from serving.tokenize import load_tokenizer
 from stream_app.catalog import CatalogItem, CatalogStore
 from stream_app.errors import InferenceUnavailable
 from stream_app.inference import HistoryRow, TritonRecommender
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +57,30 @@ def test_item_embedder_rejects_empty_text(stack_settings, stack):
         call(stack_settings, "embed", ["  "])
 
 
-def test_recommender_excludes_history_and_reports_its_version(stack_settings, catalog):
-    rows = [HistoryRow(["1", "71", "95"], [False, True, False]), HistoryRow(["50"], [True])]
+def test_recommender_excludes_what_it_is_asked_to_and_explains_the_rest(stack_settings, catalog):
+    rows = [
+        HistoryRow(["1", "71", "95"], [False, True, False], exclude=["1", "71", "95", "422"]),
+        HistoryRow(["50"], [True], exclude=["50"]),
+    ]
     ranking = call(stack_settings, "recommend", rows, 10)
     ranked = ranking.lists
 
     assert ranking.model_version
     assert [len(r) for r in ranked] == [10, 10]
-    assert not {item for item, _ in ranked[0]} & {"1", "71", "95"}
-    assert "50" not in {item for item, _ in ranked[1]}
-    scores = [s for _, s in ranked[0]]
-    assert scores == sorted(scores, reverse=True)
+    assert not {c.item_id for c in ranked[0]} & {"1", "71", "95", "422"}
+    assert "50" not in {c.item_id for c in ranked[1]}
+    scores = [c.score for c in ranked[0]]
+    assert scores == sorted(scores, reverse=True)  # diversity 1.0: by score alone
+    assert {c.because_item_id for c in ranked[0]} <= {"1", "71", "95"}
+    assert {c.because_item_id for c in ranked[1]} == {"50"}
+
+
+def test_diversity_changes_the_list_but_not_its_best_item(stack_settings, catalog):
+    rows = [HistoryRow(["50", "172", "181"], [False] * 3, exclude=["50", "172", "181"])]
+    by_score = call(stack_settings, "recommend", rows, 10, 1.0).lists[0]
+    diverse = call(stack_settings, "recommend", rows, 10, 0.3).lists[0]
+    assert diverse[0].item_id == by_score[0].item_id
+    assert [c.item_id for c in diverse] != [c.item_id for c in by_score]
 
 
 def test_recommender_gives_unknown_only_histories_nothing(stack_settings, catalog):
@@ -73,17 +88,38 @@ def test_recommender_gives_unknown_only_histories_nothing(stack_settings, catalo
     assert ranking.lists == [[]]
 
 
-def test_recommender_rejects_a_bad_top_k_per_request(stack_settings, catalog):
+def test_recommender_rejects_bad_parameters_per_request(stack_settings, catalog):
     with pytest.raises(InferenceUnavailable, match="top_k must be between"):
         call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 1000)
+    with pytest.raises(InferenceUnavailable, match="diversity must be between"):
+        call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 5, 1.5)
 
 
-def test_new_catalog_items_are_scorable_at_once(stack_settings, catalog, redis_sync):
+def test_catalog_changes_reach_the_recommender_through_the_log(stack_settings, catalog, redis_sync):
     store = CatalogStore(redis_sync, stack_settings.redis.key_prefix)
     (toy_story,) = call(stack_settings, "embed", ["Toy Story (1995) Animation Children's Comedy"])
+    fan = [HistoryRow(["1"], [False], exclude=["1"])]
+    before = freshness_count(stack_settings)
     # A twin of Toy Story's vector is the best possible match for a Toy Story fan.
     store.upsert([CatalogItem("toy-story-twin", "Toy Story twin", "twin")], toy_story[None, :])
 
-    ranking = call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 3)
+    def best() -> str:
+        return call(stack_settings, "recommend", fan, 3).lists[0][0].item_id
 
-    assert ranking.lists[0][0][0] == "toy-story-twin"
+    assert wait_until(lambda: best() == "toy-story-twin", timeout_s=5)
+    assert freshness_count(stack_settings) >= before + 1
+    store.remove(["toy-story-twin"])
+    assert wait_until(lambda: best() != "toy-story-twin", timeout_s=5)
+
+
+def freshness_count(settings) -> float:
+    """streamrec_catalog_freshness_seconds_count on Triton's metrics port."""
+    url = f"http://127.0.0.1:{settings.triton.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamrec_catalog_freshness_seconds_count")
+    ]
+    return sum(counts)

@@ -12,6 +12,9 @@ from stream_app.config import Settings
 from stream_app.errors import RedisUnavailable
 from stream_app.history import UserUpdate
 from stream_app.inference import Ranking
+from stream_app.metrics import REGISTRY
+from stream_app.policy import Candidate
+from stream_app.privacy import Pseudonymiser
 
 NOW = 1_764_115_200.0
 
@@ -21,6 +24,7 @@ class MemoryHistory:
         self.events: dict[str, list] = {}
         self.failures = list(failures or [])
         self.saved: dict[str, bytes] = {}
+        self.bought: dict[str, set[str]] = {}
 
     async def append_batch(self, events):
         if self.failures:
@@ -31,19 +35,60 @@ class MemoryHistory:
             new = all(h.event_id != e.event_id for h in history)
             if new:
                 history.append(e)
+                if e.is_purchase:
+                    self.bought.setdefault(e.user_id, set()).add(e.item_id)
             ids = updates.setdefault(e.user_id, [])
             ids += [e.event_id] if new else []
-        return [UserUpdate(u, tuple(ids), tuple(self.events[u])) for u, ids in updates.items()]
+        return [
+            UserUpdate(
+                u,
+                tuple(ids),
+                tuple(self.events[u][-3:]),  # a short window: older purchases drop out of it
+                frozenset(self.bought.get(u, ())),
+                self.saved.get(u),
+            )
+            for u, ids in updates.items()
+        ]
 
     async def save_recommendations(self, messages):
         self.saved.update(messages)
 
 
 class FixedRecommender:
-    """Always proposes items 1..12; the processor must drop what the user has seen."""
+    """Proposes items 1..12, each explained by the user's first history item; nothing for
+    a history of unknown items ("x..."). The processor must drop what is excluded."""
 
-    async def recommend(self, rows, k):
-        return Ranking([[(str(i), 1.0 - i / 100) for i in range(1, 13)] for _ in rows], "test-v1")
+    def __init__(self) -> None:
+        self.rows = []
+
+    async def recommend(self, rows, k, diversity):
+        self.rows += rows
+        return Ranking(
+            [
+                []
+                if all(i.startswith("x") for i in row.item_ids)
+                else [Candidate(str(i), 1.0 - i / 100, row.item_ids[0]) for i in range(1, 13)]
+                for row in rows
+            ],
+            "test-v1",
+        )
+
+
+class MemoryCatalog:
+    async def titles(self, item_ids):
+        return {i: f"Movie {i}" for i in item_ids}
+
+
+class MemoryPopularity:
+    def __init__(self) -> None:
+        self.recorded, self.shown = [], []
+
+    async def record(self, interactions, recommended):
+        self.recorded += interactions
+        self.shown += recommended
+
+    async def trending(self, n):
+        return [("20", 1.0), ("1", 0.9), ("21", 0.5)][:n]
 
 
 class MemoryPublisher:
@@ -69,13 +114,30 @@ def click(user: str, event: str, item: str) -> dict:
     return {"event_id": event, "user_id": user, "item_id": item, "type": "click", "ts": NOW}
 
 
-def run(history, batch):
+def purchase(user: str, event: str, item: str) -> dict:
+    return {**click(user, event, item), "type": "purchase"}
+
+
+PSEUDONYM = Pseudonymiser(Settings().privacy.user_id_key.get_secret_value())
+
+
+def run(history, batch, popularity=None):
     publisher = MemoryPublisher()
     processor = InteractionProcessor(
-        Settings(), history, FixedRecommender(), publisher, clock=lambda: NOW
+        Settings(),
+        history,
+        FixedRecommender(),
+        MemoryCatalog(),
+        popularity or MemoryPopularity(),
+        publisher,
+        clock=lambda: NOW,
     )
     outcome = asyncio.run(processor.process(batch))
     return outcome, publisher
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_valid_events_are_recommended_and_bad_ones_dead_lettered():
@@ -84,8 +146,12 @@ def test_valid_events_are_recommended_and_bad_ones_dead_lettered():
 
     assert publisher.dead == [(b"{oops", "malformed_json")]
     (message,) = publisher.recs
+    assert message.user_id == "u1"
     assert message.trigger_event_id == "e2"
-    assert [i.item_id for i in message.items] == ["2", *map(str, range(4, 13))]  # 1, 3 seen
+    assert [i.item_id for i in message.items] == ["2", *map(str, range(4, 13))]  # 1, 3 clicked
+    assert {i.reason for i in message.items} == {"personal"}
+    assert message.items[0].explanation == "because you watched Movie 1"
+    assert message.items[0].because_item_id == "1"
     assert message.model_version == "test-v1"
     assert publisher.flushes == 1
     assert (outcome.consumed, outcome.dead_lettered, outcome.published) == (3, 1, 1)
@@ -104,4 +170,51 @@ def test_failures_are_retried_until_the_batch_is_done():
     outcome, publisher = run(history, [raw(click("u1", "e1", "1"))])
     assert history.failures == []
     assert outcome.published == 1 and len(publisher.recs) == 1
-    assert "u1" in history.saved
+    assert list(history.saved) == [PSEUDONYM("u1")]
+
+
+def test_redis_sees_pseudonyms_only_and_the_stored_list_has_no_caller_ids():
+    history = MemoryHistory()
+    run(history, [raw(click("alice", "alice-e1", "1"))])
+    assert list(history.events) == [PSEUDONYM("alice")] and PSEUDONYM("alice") != "alice"
+    assert history.events[PSEUDONYM("alice")][0].event_id == PSEUDONYM("alice-e1")
+    assert "alice" not in history.saved[PSEUDONYM("alice")].decode()
+
+
+def test_purchases_never_come_back_even_after_leaving_the_history_window():
+    history = MemoryHistory()
+    bought = [purchase("u1", f"e{i}", str(i)) for i in range(1, 6)]
+    run(history, [raw(e) for e in bought])
+    _, publisher = run(history, [raw(click("u1", "e9", "x9"))])  # 1..5 are out of the window
+    (message,) = publisher.recs
+    # 1..5 bought; the seven items left are topped up from trending, minus bought "1".
+    assert [(i.item_id, i.reason) for i in message.items] == [
+        *((str(i), "personal") for i in range(6, 13)),
+        ("20", "fallback"),
+        ("21", "fallback"),
+    ]
+    assert message.items[-1].explanation == "popular right now"
+
+
+def test_a_user_without_known_items_gets_trending_items():
+    popularity = MemoryPopularity()
+    _, publisher = run(MemoryHistory(), [raw(click("new", "e1", "x1"))], popularity)
+    (message,) = publisher.recs
+    assert [(i.item_id, i.reason) for i in message.items] == [
+        ("20", "trending"),
+        ("1", "trending"),
+        ("21", "trending"),
+    ]
+    assert message.items[0].explanation == "trending now"
+    assert [e.item_id for e in popularity.recorded] == ["x1"]
+    assert popularity.shown == ["1", "20", "21"]
+
+
+def test_a_click_on_a_recommended_item_counts_a_hit_by_position():
+    history = MemoryHistory()
+    run(history, [raw(click("u1", "e1", "1"))])  # shown: 2, 3, 4, ...
+    hits = metric("streamrec_quality_hits_total", position="2-3", reason="personal")
+    scored = metric("streamrec_quality_interactions_total")
+    run(history, [raw(click("u1", "e2", "3")), raw(click("u1", "e2", "3"))])  # one redelivered
+    assert metric("streamrec_quality_hits_total", position="2-3", reason="personal") == hits + 1
+    assert metric("streamrec_quality_interactions_total") == scored + 1

@@ -76,8 +76,20 @@ def test_item_upsert_and_its_limits():
 
 
 def test_recommendations_message_is_versioned_json():
-    message = Recommendations("u1", (RecommendedItem("7", 0.5),), "v1", "e1", NOW, NOW + 0.1)
+    item = RecommendedItem("7", 0.5, "personal", "because you watched Heat", "6")
+    message = Recommendations("u1", (item,), "v1", "e1", NOW, NOW + 0.1)
     body = json.loads(message.to_json())
     assert body["schema_version"] == 1
-    assert body["items"] == [{"item_id": "7", "score": 0.5}]
+    assert body["user_id"] == "u1"
+    assert body["items"] == [
+        {
+            "item_id": "7",
+            "score": 0.5,
+            "reason": "personal",
+            "explanation": "because you watched Heat",
+            "because_item_id": "6",
+        }
+    ]
+    stored = json.loads(message.to_json(with_caller_ids=False))
+    assert "user_id" not in stored and "trigger_event_id" not in stored
     assert body["trigger_event_id"] == "e1"

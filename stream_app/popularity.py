@@ -1,0 +1,140 @@
+"""Redis adapter for what the stream says about items as a whole: trending and coverage.
+
+Trending is a time-decayed popularity: an interaction at time ``ts`` adds
+``2 ** ((ts - ref) / half_life)`` to its item's score, so every score halves in value
+relative to new interactions each half-life without ever being rewritten. When the
+weights grow large the script rebases: it moves ``ref`` forward and scales every score
+down (once per 60 half-lives). Only events applied for the first time are counted, so a
+redelivered batch adds nothing; a change made just before a crash may be missed.
+
+Coverage counts the distinct items recommended over a sliding window with one
+HyperLogLog per twelfth of the window (PFCOUNT merges them).
+
+Keys (hash tags keep each group in one Redis Cluster slot):
+    {trending}:items     sorted set item_id -> decayed score (the top ``max_items`` kept)
+    {trending}:ref       the reference time of the weights (epoch seconds)
+    {coverage}:<bucket>  HyperLogLog of recommended item ids
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from stream_app.catalog import CatalogKeys
+from stream_app.errors import RedisUnavailable
+from stream_app.events import Interaction
+from stream_app.metrics import track_redis
+
+# KEYS: items, ref. ARGV: half-life, max items, then (item_id, ts) pairs.
+TRENDING_LUA = """
+local half_life = tonumber(ARGV[1])
+local ref = tonumber(redis.call('GET', KEYS[2]) or ARGV[4])
+for i = 3, #ARGV, 2 do
+  local item, ts = ARGV[i], tonumber(ARGV[i + 1])
+  local exponent = (ts - ref) / half_life
+  if exponent > 60 then
+    local scale = 2 ^ -exponent
+    local scores = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+    for j = 1, #scores, 2 do
+      redis.call('ZADD', KEYS[1], tonumber(scores[j + 1]) * scale, scores[j])
+    end
+    ref, exponent = ts, 0
+  end
+  redis.call('ZINCRBY', KEYS[1], 2 ^ exponent, item)
+end
+redis.call('SET', KEYS[2], ref)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+COVERAGE_BUCKETS = 12
+
+
+class Popularity:
+    def __init__(
+        self,
+        client,
+        prefix: str,
+        half_life_s: float,
+        max_items: int,
+        refresh_s: float,
+        coverage_window_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._catalog = CatalogKeys(prefix)
+        self._half_life_s = half_life_s
+        self._max_items = max_items
+        self._refresh_s = refresh_s
+        self._bucket_s = coverage_window_s / COVERAGE_BUCKETS
+        self._clock = clock
+        self._script = client.register_script(TRENDING_LUA)
+        self._cached: tuple[float, int, list[tuple[str, float]]] | None = None
+
+    @property
+    def trending_key(self) -> str:
+        return f"{self._prefix}{{trending}}:items"
+
+    @property
+    def reference_key(self) -> str:
+        return f"{self._prefix}{{trending}}:ref"
+
+    def coverage_key(self, bucket: int) -> str:
+        return f"{self._prefix}{{coverage}}:{bucket}"
+
+    async def record(self, interactions: list[Interaction], recommended: list[str]) -> None:
+        """Count first-time interactions in trending; note the items just recommended."""
+        pipe = self._redis.pipeline(transaction=False)
+        if interactions:
+            args: list = [self._half_life_s, self._max_items]
+            for event in interactions:
+                args += [event.item_id, repr(event.ts)]
+            keys = [self.trending_key, self.reference_key]
+            await self._script(keys=keys, args=args, client=pipe)  # queued, not sent
+        if recommended:
+            key = self.coverage_key(int(self._clock() // self._bucket_s))
+            pipe.pfadd(key, *recommended)
+            pipe.expire(key, int(self._bucket_s * (COVERAGE_BUCKETS + 1)))
+        with track_redis("record_popularity"):
+            try:
+                await pipe.execute()
+            except RedisError as exc:
+                raise RedisUnavailable(f"popularity update failed: {type(exc).__name__}") from exc
+
+    async def trending(self, n: int) -> list[tuple[str, float]]:
+        """The n most popular items still in the catalog, best first, with their score
+        as a share of the top item's; reused for ``refresh_s`` seconds."""
+        now = self._clock()
+        if self._cached and now - self._cached[0] < self._refresh_s and self._cached[1] >= n:
+            return self._cached[2][:n]
+        with track_redis("trending"):
+            try:
+                top = await self._redis.zrevrange(self.trending_key, 0, 2 * n - 1, withscores=True)
+                ids = [i for i, _ in top]
+                known = await self._redis.hmget(self._catalog.meta, ids) if ids else []
+            except RedisError as exc:
+                raise RedisUnavailable(f"trending read failed: {type(exc).__name__}") from exc
+        # Items removed from the catalog (or never in it) are not recommendable.
+        items = [(i.decode(), s) for (i, s), v in zip(top, known) if v is not None][:n]
+        best = items[0][1] if items else 1.0
+        shares = [(item, score / best) for item, score in items]
+        self._cached = (now, n, shares)
+        return shares
+
+    async def coverage(self) -> tuple[int, int]:
+        """(distinct items recommended in the window, items in the catalog)."""
+        current = int(self._clock() // self._bucket_s)
+        keys = [self.coverage_key(b) for b in range(current - COVERAGE_BUCKETS + 1, current + 1)]
+        with track_redis("coverage"):
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.pfcount(*keys)
+                pipe.hlen(self._catalog.vectors)
+                distinct, catalog_size = await pipe.execute()
+            except RedisError as exc:
+                raise RedisUnavailable(f"coverage read failed: {type(exc).__name__}") from exc
+        return int(distinct), int(catalog_size)

@@ -1,0 +1,46 @@
+"""Online quality, pure: did an interaction hit the list the user was shown last?
+
+An interaction (click or purchase) with an item that was in the user's previous
+recommendation list is a hit, counted by the item's position in that list and the reason
+it was there. Hit rate = hits / interactions of users who had a list (both counters are
+in ``metrics.py``; the ratio is a PromQL expression in the README).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+POSITION_BUCKETS = ((1, "1"), (3, "2-3"), (5, "4-5"), (10, "6-10"))
+"""(last position in the bucket, label); later positions are "11+"."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    position: str  # a bucket label
+    reason: str  # why the item was recommended
+
+
+def position_bucket(position: int) -> str:
+    """Label of a 1-based list position."""
+    if position < 1:
+        raise ValueError(f"positions start at 1, got {position}")
+    for last, label in POSITION_BUCKETS:
+        if position <= last:
+            return label
+    return "11+"
+
+
+def shown_items(stored_list: bytes | None) -> list[tuple[str, str]]:
+    """(item_id, reason) of a stored recommendations message, in list order."""
+    if not stored_list:
+        return []
+    return [(i["item_id"], i.get("reason", "personal")) for i in json.loads(stored_list)["items"]]
+
+
+def hit(item_id: str, shown: list[tuple[str, str]]) -> Hit | None:
+    """The hit an interaction with ``item_id`` makes on the ``shown`` list, if any."""
+    for position, (shown_id, reason) in enumerate(shown, start=1):
+        if shown_id == item_id:
+            return Hit(position_bucket(position), reason)
+    return None

@@ -1,0 +1,79 @@
+"""The served ranking (zero-shot path) on a hand-made catalog."""
+
+import numpy as np
+
+from serving.catalog_matrix import CatalogMatrix
+from serving.ranker import Ranker
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+# Two "sci-fi" items close to each other and to "alien", one near-duplicate of "alien",
+# one "romance" item far away.
+CATALOG = {
+    "alien": unit(1, 0, 0),
+    "aliens": unit(0.99, 0.14, 0),
+    "alien-cut": unit(1, 0.01, 0),
+    "blade": unit(0.8, 0.6, 0),
+    "notebook": unit(0, 0, 1),
+}
+
+
+def ranker() -> Ranker:
+    matrix = CatalogMatrix()
+    matrix.replace(list(CATALOG), np.stack(list(CATALOG.values())))
+    return Ranker(matrix)
+
+
+def ids(*rows: list[str]) -> np.ndarray:
+    width = max(1, max(len(r) for r in rows))
+    array = np.full((len(rows), width), b"", dtype=object)
+    for i, row in enumerate(rows):
+        array[i, : len(row)] = [r.encode() for r in row]
+    return array
+
+
+def test_ranks_by_similarity_and_excludes_only_what_it_is_told():
+    ranked = ranker().rank(ids(["alien"]), np.zeros((1, 1), bool), ids([]), k=3)
+    assert list(ranked.item_ids[0]) == ["alien", "alien-cut", "aliens"]  # history not excluded
+    ranked = ranker().rank(ids(["alien"]), np.zeros((1, 1), bool), ids(["alien"]), k=3)
+    assert list(ranked.item_ids[0]) == ["alien-cut", "aliens", "blade"]
+    assert list(ranked.because_ids[0]) == ["alien"] * 3
+
+
+def test_removed_items_are_never_ranked():
+    model = ranker()
+    model.catalog.remove(["alien-cut"])
+    ranked = model.rank(ids(["alien"]), np.zeros((1, 1), bool), ids(["alien"]), k=4)
+    assert list(ranked.item_ids[0]) == ["aliens", "blade", "notebook", ""]
+
+
+def test_lower_diversity_lambda_skips_the_near_duplicate():
+    model = ranker()
+    by_score = model.rank(ids(["alien"]), np.zeros((1, 1), bool), ids(["alien"]), 2, 1.0)
+    diverse = model.rank(ids(["alien"]), np.zeros((1, 1), bool), ids(["alien"]), 2, 0.3)
+    assert list(by_score.item_ids[0]) == ["alien-cut", "aliens"]
+    assert list(diverse.item_ids[0])[0] == "alien-cut"
+    assert list(diverse.item_ids[0])[1] != "aliens"
+
+
+def test_explanations_name_the_history_item_closest_to_each_recommendation():
+    history = ids(["notebook", "alien"])
+    ranked = ranker().rank(history, np.array([[True, False]]), ids(["notebook", "alien"]), k=4)
+    because = dict(zip(ranked.item_ids[0], ranked.because_ids[0]))
+    assert because["alien-cut"] == "alien"
+    assert because["blade"] == "alien"
+
+
+def test_histories_without_known_items_get_nothing():
+    ranked = ranker().rank(ids(["nope"], ["alien"]), np.zeros((2, 1), bool), ids([], []), k=2)
+    assert list(ranked.item_ids[0]) == ["", ""] and np.isneginf(ranked.scores[0]).all()
+    assert list(ranked.item_ids[1]) == ["alien", "alien-cut"]
+
+
+def test_an_empty_catalog_answers_with_padding():
+    ranked = Ranker(CatalogMatrix()).rank(ids(["a"]), np.zeros((1, 1), bool), ids([]), k=2)
+    assert list(ranked.item_ids[0]) == ["", ""]

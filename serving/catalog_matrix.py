@@ -63,24 +63,25 @@ class CatalogMatrix:
             raise ValueError(f"{len(item_ids)} ids but {len(vectors)} vectors")
         if not item_ids:
             return
-        vectors = np.asarray(vectors, dtype=np.float32)
-        rows, next_row = [], self.size
-        for item_id in item_ids:
-            row = self.row_of.get(item_id)
-            if row is None:
-                row = self.row_of[item_id] = next_row
-                next_row += 1
-            rows.append(row)
-        needed = next_row
+        latest = {item_id: row for row, item_id in enumerate(item_ids)}  # last one wins
+        item_ids = list(latest)
+        vectors = np.asarray(vectors, dtype=np.float32)[list(latest.values())]
+        # Everything that can fail comes before the first change to this matrix.
         scoring = self._transform(item_ids, vectors) if self._transform else vectors
+        new_rows = {}
+        for item_id in item_ids:
+            if item_id not in self.row_of:
+                new_rows[item_id] = self.size + len(new_rows)
+        needed = self.size + len(new_rows)
         self._reserve(needed, vectors.shape[1], scoring.shape[1])
-        index = np.array(rows)
+        self.row_of.update(new_rows)
+        index = np.array([self.row_of[i] for i in item_ids])
         self._ids[index] = item_ids
         self._text[index] = vectors
         if self._transform:
             self._scoring[index] = scoring
         self._active[index] = True
-        self.size = max(self.size, needed)
+        self.size = needed
 
     def remove(self, item_ids: list[str]) -> None:
         """Mask items out; unknown ids are ignored (removing twice is harmless)."""
@@ -94,6 +95,10 @@ class CatalogMatrix:
         return np.array(flat, dtype=np.int64).reshape(item_ids.shape)
 
     def _reserve(self, rows: int, text_dim: int, scoring_dim: int) -> None:
+        if self.size and text_dim != self._text.shape[1]:
+            raise ValueError(
+                f"vectors have {text_dim} dimensions, the catalog {self._text.shape[1]}"
+            )
         capacity = len(self._ids)
         if rows <= capacity and self._text.shape[1] == text_dim:
             return

@@ -49,7 +49,7 @@ class Ranker:
         (B, E) likewise; ``diversity`` is the MMR lambda (1.0 = by score alone)."""
         catalog = self.catalog
         history_ids = _as_text(history_ids)
-        if catalog.active_count == 0:
+        if catalog.active_count == 0 or history_ids.shape[1] == 0:
             shape = (len(history_ids), k)
             return Ranked(
                 np.full(shape, "", object), np.full(shape, -np.inf), np.full(shape, "", object)
@@ -72,8 +72,9 @@ class Ranker:
             picks >= 0, np.take_along_axis(pool_scores, np.clip(picks, 0, None), 1), -np.inf
         )
         history_vectors = catalog.text[np.clip(rows, 0, None)]
+        same_item = chosen[:, :, None] == rows[:, None, :]
         strongest = strongest_history(
-            history_vectors, weights, catalog.text[np.clip(chosen, 0, None)]
+            history_vectors, weights, catalog.text[np.clip(chosen, 0, None)], same_item
         )
         because = np.take_along_axis(history_ids, np.clip(strongest, 0, None), 1)
         return Ranked(

@@ -162,7 +162,8 @@ def create_app(settings: Settings) -> faust.App:
             logger.warning('coverage not measured error="%s"', exc)
             return
         metrics.COVERAGE_ITEMS.set(distinct)
-        metrics.COVERAGE_RATIO.set(distinct / catalog_size if catalog_size else 0.0)
+        # The sketch still counts items removed since: never report more than everything.
+        metrics.COVERAGE_RATIO.set(min(1.0, distinct / catalog_size) if catalog_size else 0.0)
 
     @app.agent(items, name="items")
     async def process_items(stream: faust.StreamT) -> None:

@@ -60,14 +60,14 @@ return seq
 """
 
 
-def redis_client(settings: Settings, client_class=redis.Redis):
+def redis_client(settings: Settings, client_class=redis.Redis, timeout_s: float | None = None):
     """A client for the configured Redis: sync by default (commands, the Triton model);
-    ``redis.asyncio.Redis`` for the worker."""
+    ``redis.asyncio.Redis`` for the worker. ``timeout_s`` overrides the socket timeout."""
     password = settings.redis.password
     return client_class.from_url(
         settings.redis.url,
         password=password.get_secret_value() if password else None,
-        socket_timeout=settings.redis.timeout_s,
+        socket_timeout=timeout_s or settings.redis.timeout_s,
     )
 
 
@@ -142,7 +142,11 @@ class CatalogStore:
 
     def titles(self, item_ids: list[str]) -> list[str | None]:
         """Titles of the given items (None where unknown), in order."""
-        return titles(self._redis.hmget(self.keys.meta, item_ids) if item_ids else [])
+        return _fields(self._redis.hmget(self.keys.meta, item_ids) if item_ids else [], "title")
+
+    def texts(self, item_ids: list[str]) -> list[str | None]:
+        """Texts of the given items (None where unknown), in order."""
+        return _fields(self._redis.hmget(self.keys.meta, item_ids) if item_ids else [], "text")
 
 
 class AsyncCatalogWriter:
@@ -175,11 +179,11 @@ class AsyncCatalogWriter:
             raw = await self._redis.hmget(self.keys.meta, item_ids)
         except RedisError as exc:
             raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
-        return {i: t for i, t in zip(item_ids, titles(raw)) if t is not None}
+        return {i: t for i, t in zip(item_ids, _fields(raw, "title")) if t is not None}
 
 
-def titles(raw_meta: list[bytes | None]) -> list[str | None]:
-    return [json.loads(r)["title"] if r else None for r in raw_meta]
+def _fields(raw_meta: list[bytes | None], name: str) -> list[str | None]:
+    return [json.loads(r)[name] if r else None for r in raw_meta]
 
 
 class CatalogMatrixLike(Protocol):
@@ -246,12 +250,16 @@ class CatalogTailer:
             logger.warning("catalog log gap after seq=%d: loading a snapshot", self.seq)
             self.load_snapshot()
             return len(entries)
-        self._apply(changes)
+        applied = self._apply(changes)
         self.seq = changes[-1].seq
         self._last_id = entries[-1][0].decode()
+        now = time.time()
+        for change in applied:
+            self._on_upsert(max(0.0, now - change.ts))
         return len(entries)
 
-    def _apply(self, changes: list[_Change]) -> None:
+    def _apply(self, changes: list[_Change]) -> list[_Change]:
+        """Apply a run of changes; returns the upserts that made an item scorable."""
         latest = {c.item_id: c for c in changes}  # the last change of an item wins
         upserted = [c.item_id for c in latest.values() if c.op == "upsert"]
         blobs = self._redis.hmget(self.keys.vectors, upserted) if upserted else []
@@ -264,12 +272,14 @@ class CatalogTailer:
                 self._matrix.upsert(list(found), _stack(vectors))
             if removed:
                 self._matrix.remove(removed)
-        now = time.time()
-        for item_id in found:
-            self._on_upsert(max(0.0, now - latest[item_id].ts))
+        return [latest[item_id] for item_id in found]
 
     def start(self, block_ms: int = 1000) -> None:
-        self.load_snapshot()
+        """Load a snapshot now (if Redis answers) and tail the log in a daemon thread."""
+        try:
+            self.load_snapshot()
+        except RedisError as exc:  # the thread keeps trying; the model still loads
+            logger.error('catalog snapshot failed error="%s": retrying in the background', exc)
         self._thread = threading.Thread(
             target=self._run, args=(block_ms,), name="catalog-tailer", daemon=True
         )
@@ -280,7 +290,8 @@ class CatalogTailer:
             try:
                 self.poll(block_ms)
             except Exception:  # noqa: BLE001  (keep tailing: Redis may come back)
-                logger.exception("catalog tailing failed; retrying in 1 s")
+                logger.exception("catalog tailing failed; reloading a snapshot in 1 s")
+                self.seq = -1  # whatever was half applied, start again from a snapshot
                 self._stop.wait(1.0)
 
     def stop(self) -> None:

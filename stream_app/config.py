@@ -106,7 +106,7 @@ class PolicySettings(_Group):
     excluded."""
     diversity: float = Field(0.8, ge=0.0, le=1.0)
     """MMR lambda: 1.0 ranks by relevance alone, lower values trade relevance for variety."""
-    purchased_max: int = Field(1000, ge=1)
+    purchased_max: int = Field(1000, ge=1, le=10_000)
     """Purchased items remembered per user (never recommended again)."""
     trending_half_life_s: float = Field(3600.0, gt=0)
     """Half-life of an interaction's weight in the trending score."""

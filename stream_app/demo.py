@@ -10,6 +10,7 @@ import json
 import os
 import statistics
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,8 @@ from stream_app.config import Settings
 from stream_app.devstack import DevStack, ManagedProcess, http_ok
 from stream_app.errors import StackError
 from stream_app.kafka_io import TopicReader, ensure_topics
-from stream_app.replay import plan_events, produce_raw, replay
+from stream_app.probes import recommendations_after, scrape
+from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
 
 MALFORMED_SAMPLES = [
     b"{not json",
@@ -115,6 +117,8 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
         _report(settings, reader.messages, planned, last_event, dlq)
         reader.close()
         dlq_reader.close()
+        if served:
+            _show_cold_start(settings, planned)
     if not served:
         raise StackError("not every user got recommendations within 120 s: see var/demo/worker.log")
 
@@ -132,14 +136,52 @@ def _report(settings, messages, planned, last_event, dlq: int) -> None:
     for user_id in sorted(final, key=lambda u: -sum(e.user_id == u for e in planned))[:3]:
         seen = [e.item_id for e in planned if e.user_id == user_id and e.type == "click"][-3:]
         print(f"  user {user_id}: recently watched {catalog.titles(seen)}")
-        shown = [i["item_id"] for i in final[user_id]["items"][:5]]
-        print(f"    recommended: {catalog.titles(shown)}")
+        items = final[user_id]["items"][:5]
+        print(f"    recommended: {catalog.titles([i['item_id'] for i in items])}")
+        print(f"    why (first 3): {[i['explanation'] for i in items[:3]]}")
     p50, p99 = (_percentile(latencies, q) for q in (50, 99))
     print(
         f"\nsummary: events={len(planned)} recommendations={len(latencies)} "
         f"users={len(final)}/{len(last_event)} dlq={dlq} "
         f"latency_p50_ms={p50 * 1000:.0f} latency_p99_ms={p99 * 1000:.0f}"
     )
+
+
+def _show_cold_start(settings: Settings, planned) -> None:
+    """A brand-new item, recommendable seconds after it is produced; a brand-new user."""
+    catalog = CatalogStore(redis_client(settings), settings.redis.key_prefix)
+    user_id = max({e.user_id for e in planned}, key=lambda u: sum(e.user_id == u for e in planned))
+    watched = [e.item_id for e in planned if e.user_id == user_id][-1]
+    (title,) = catalog.titles([watched])
+    (text,) = catalog.texts([watched])
+    new_item = {
+        "item_id": f"demo-{uuid.uuid4().hex[:8]}",
+        "title": f"{title} (director's cut)",
+        "text": f"{text} director's cut",
+    }
+    freshness = f"http://127.0.0.1:{settings.triton.metrics_port}/metrics"
+    before = scrape(freshness, "streamrec_catalog_freshness_seconds_count")
+    produced = time.monotonic()
+    key = new_item["item_id"].encode()
+    produce_raw(settings.kafka, settings.kafka.items_topic, [(key, json.dumps(new_item).encode())])
+    while scrape(freshness, "streamrec_catalog_freshness_seconds_count") <= before:
+        if time.monotonic() - produced > 30:
+            raise StackError("the new item was not scorable within 30 s: see var/demo/worker.log")
+        time.sleep(0.02)
+    scorable_s = time.monotonic() - produced
+    again = PlannedEvent(user_id, f"demo-{uuid.uuid4().hex[:8]}", watched, "click")
+    items = [i["item_id"] for i in recommendations_after(settings.kafka, again)["items"]]
+    place = (
+        f"at position {items.index(new_item['item_id']) + 1}"
+        if new_item["item_id"] in items
+        else "not in the top 10"
+    )
+    print(f"\nCold start: new item {new_item['title']!r} was scorable {scorable_s:.2f} s after")
+    print(f"  it was produced; user {user_id}, who just watched {title!r}, has it {place}.")
+    newcomer = PlannedEvent(f"demo-new-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, "?", "click")
+    trending = recommendations_after(settings.kafka, newcomer)["items"][:5]
+    reasons = sorted({i["reason"] for i in trending})
+    print(f"  A brand-new user gets {reasons}: {catalog.titles([i['item_id'] for i in trending])}")
 
 
 def _percentile(values: list[float], q: float) -> float:

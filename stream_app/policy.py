@@ -103,23 +103,35 @@ def _min_max(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def strongest_history(
-    history_vectors: np.ndarray, weights: np.ndarray, item_vectors: np.ndarray
+    history_vectors: np.ndarray,
+    weights: np.ndarray,
+    item_vectors: np.ndarray,
+    same_item: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each recommended item, the history position that contributed most to it.
 
     The contribution of history item l to recommended item j is ``weights[b, l] *
-    cos(history l, item j)``, the same weighted sum the user vector is built from, so the
-    "because you watched X" names the item that pulled hardest. Only weighted positions
-    (weight > 0) may be named, even when every contribution is negative. Shapes:
-    (B, L, D), (B, L), (B, K, D) -> (B, K) int64 indices into L; -1 where a row has no
-    positive weight. Padding recommended items get an index too; callers ignore it.
+    cos(history l, item j)``: for the zero-shot model exactly the weighted sum the user
+    vector is built from, for a trained head its text-space approximation. Only weighted
+    positions (weight > 0) may be named, even when every contribution is negative, and
+    never the recommended item itself (``same_item[b, j, l]``: an item the user clicked
+    may come back when clicks are not excluded, and "X because you watched X" explains
+    nothing). Shapes: (B, L, D), (B, L), (B, K, D) [, (B, K, L)] -> (B, K) int64 indices
+    into L; -1 where no position is eligible. Padding recommended items get an index too;
+    callers ignore it.
     """
     _check_history_args(history_vectors, weights, item_vectors)
-    eligible = weights > 0
+    eligible = np.broadcast_to(
+        (weights > 0)[:, None, :], (*item_vectors.shape[:2], len(weights[0]))
+    )
+    if same_item is not None:
+        eligible = eligible & ~same_item
     sims = np.einsum("bld,bkd->bkl", history_vectors, item_vectors)
-    contribution = np.where(eligible[:, None, :], weights[:, None, :] * sims, -np.inf)
+    contribution = np.where(eligible, weights[:, None, :] * sims, -np.inf)
+    if contribution.shape[2] == 0:
+        return np.full(contribution.shape[:2], -1, dtype=np.int64)
     strongest = np.argmax(contribution, axis=2)
-    return np.where(eligible.any(axis=1)[:, None], strongest, -1).astype(np.int64)
+    return np.where(eligible.any(axis=2), strongest, -1).astype(np.int64)
 
 
 def _check_history_args(

@@ -5,7 +5,9 @@ Trending is a time-decayed popularity: an interaction at time ``ts`` adds
 relative to new interactions each half-life without ever being rewritten. When the
 weights grow large the script rebases: it moves ``ref`` forward and scales every score
 down (once per 60 half-lives). Only events applied for the first time are counted, so a
-redelivered batch adds nothing; a change made just before a crash may be missed.
+redelivered batch adds nothing. Trending is a statistic, not state: a batch whose
+history was written just before a crash is not counted, and a retry after a lost reply
+can count one twice.
 
 Coverage counts the distinct items recommended over a sliding window with one
 HyperLogLog per twelfth of the window (PFCOUNT merges them).
@@ -41,9 +43,13 @@ for i = 3, #ARGV, 2 do
     for j = 1, #scores, 2 do
       redis.call('ZADD', KEYS[1], tonumber(scores[j + 1]) * scale, scores[j])
     end
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', 0)  -- after a long idle: nothing left
     ref, exponent = ts, 0
   end
-  redis.call('ZINCRBY', KEYS[1], 2 ^ exponent, item)
+  local weight = 2 ^ exponent
+  if weight > 0 then  -- an event a thousand half-lives old adds nothing
+    redis.call('ZINCRBY', KEYS[1], weight, item)
+  end
 end
 redis.call('SET', KEYS[2], ref)
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
@@ -119,7 +125,7 @@ class Popularity:
             except RedisError as exc:
                 raise RedisUnavailable(f"trending read failed: {type(exc).__name__}") from exc
         # Items removed from the catalog (or never in it) are not recommendable.
-        items = [(i.decode(), s) for (i, s), v in zip(top, known) if v is not None][:n]
+        items = [(i.decode(), s) for (i, s), v in zip(top, known) if v is not None and s > 0][:n]
         best = items[0][1] if items else 1.0
         shares = [(item, score / best) for item, score in items]
         self._cached = (now, n, shares)

@@ -63,8 +63,10 @@ class TritonPythonModel:
         self._families = [freshness]  # metric families must outlive their metrics
         # Redis address and key prefix come from the same STREAMREC_ settings as the worker.
         settings = Settings()
+        # The tailer blocks up to a second on XREAD: its socket must wait longer than that.
+        client = redis_client(settings, timeout_s=settings.redis.timeout_s + 1.0)
         self.tailer = CatalogTailer(
-            redis_client(settings), settings.redis.key_prefix, matrix, self._freshness.observe
+            client, settings.redis.key_prefix, matrix, self._freshness.observe
         )
         self.tailer.start()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from stream_app import probes
 from stream_app.catalog import CatalogItem, CatalogStore
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess
@@ -28,7 +28,8 @@ from stream_app.devstack import free_port
 from stream_app.history import HistoryStore
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.privacy import Pseudonymiser
-from stream_app.replay import PlannedEvent, encode, plan_events, produce_raw, replay
+from stream_app.probes import metric_sum, scrape
+from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
 from tests.integration.conftest import VAR, unique, wait_until
 
 pytestmark = pytest.mark.integration
@@ -203,7 +204,7 @@ def test_metrics_count_what_happened(settings, processed, events):
         text = response.read().decode()
 
     def total(name: str, **labels: str) -> float:
-        return sum_samples(text, name, **labels)
+        return metric_sum(text, name, **labels)
 
     topic = settings.kafka.interactions_topic  # the item test adds to other topics' counts
     clicks = sum(e.type == "click" for e in events)
@@ -375,43 +376,14 @@ def test_online_quality_metrics_count_hits_and_coverage(settings, processed):
 
 
 def metric_total(settings: Settings, name: str, **labels: str) -> float:
-    url = f"http://127.0.0.1:{settings.worker.web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return sum_samples(response.read().decode(), name, **labels)
+    return scrape(f"http://127.0.0.1:{settings.worker.web_port}/metrics", name, **labels)
 
 
 def freshness_count(settings: Settings) -> float:
     url = f"http://127.0.0.1:{settings.triton.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return sum_samples(response.read().decode(), "streamrec_catalog_freshness_seconds_count")
-
-
-def sum_samples(text: str, name: str, **labels: str) -> float:
-    found = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{name}(\{{.*\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            found += float(match.group(2))
-    return found
+    return scrape(url, "streamrec_catalog_freshness_seconds_count")
 
 
 def recommendations_after(settings: Settings, event: PlannedEvent) -> list[dict]:
     """Produce one live event and return the items of the recommendations it triggered."""
-    kafka = settings.kafka
-    produce_raw(
-        kafka, kafka.interactions_topic, [(event.user_id.encode(), encode(event, time.time()))]
-    )
-    with TopicReader(kafka, kafka.recommendations_topic) as reader:
-
-        def answered(messages) -> bool:
-            return any(
-                json.loads(m.value())["trigger_event_id"] == event.event_id for m in messages
-            )
-
-        assert reader.read_until(answered, timeout_s=30)
-    (message,) = [
-        json.loads(m.value())
-        for m in reader.messages
-        if json.loads(m.value())["trigger_event_id"] == event.event_id
-    ]
-    return message["items"]
+    return probes.recommendations_after(settings.kafka, event)["items"]

@@ -8,7 +8,6 @@ recommender's catalog reload from Redis.
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from serving.tokenize import load_tokenizer
 from stream_app.catalog import CatalogItem, CatalogStore
 from stream_app.errors import InferenceUnavailable
 from stream_app.inference import HistoryRow, TritonRecommender
+from stream_app.probes import scrape
 from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -113,13 +113,5 @@ def test_catalog_changes_reach_the_recommender_through_the_log(stack_settings, c
 
 
 def freshness_count(settings) -> float:
-    """streamrec_catalog_freshness_seconds_count on Triton's metrics port."""
     url = f"http://127.0.0.1:{settings.triton.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    counts = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("streamrec_catalog_freshness_seconds_count")
-    ]
-    return sum(counts)
+    return scrape(url, "streamrec_catalog_freshness_seconds_count")

@@ -58,3 +58,26 @@ def test_a_transform_gives_the_scoring_vectors_only_for_changed_rows():
 def test_ids_and_vectors_must_pair_up():
     with pytest.raises(ValueError, match="2 ids but 1 vectors"):
         CatalogMatrix().upsert(["a", "b"], unit(1, 0)[None, :])
+
+
+def test_a_repeated_id_in_one_upsert_keeps_its_last_vector():
+    matrix = CatalogMatrix()
+    matrix.upsert(["a", "b", "a"], np.stack([unit(1, 0), unit(0, 1), unit(1, 1)]))
+    assert list(matrix.item_ids) == ["a", "b"]
+    np.testing.assert_allclose(matrix.text[0], unit(1, 1))
+
+
+def test_a_failed_upsert_changes_nothing():
+    def broken(ids, vectors):
+        if "bad" in ids:
+            raise RuntimeError("tower failed")
+        return vectors
+
+    matrix = CatalogMatrix(transform=broken)
+    matrix.upsert(["a"], unit(1, 0)[None, :])
+    with pytest.raises(RuntimeError):
+        matrix.upsert(["bad"], unit(0, 1)[None, :])
+    with pytest.raises(ValueError, match="dimensions"):
+        matrix.upsert(["wide"], np.ones((1, 3), dtype=np.float32))
+    matrix.upsert(["c"], unit(0, 1)[None, :])
+    assert matrix.row_of == {"a": 0, "c": 1} and matrix.size == 2

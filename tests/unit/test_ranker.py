@@ -77,3 +77,17 @@ def test_histories_without_known_items_get_nothing():
 def test_an_empty_catalog_answers_with_padding():
     ranked = Ranker(CatalogMatrix()).rank(ids(["a"]), np.zeros((1, 1), bool), ids([]), k=2)
     assert list(ranked.item_ids[0]) == ["", ""]
+
+
+def test_a_clicked_item_that_comes_back_is_not_explained_by_itself():
+    # Clicks not excluded: "alien" may be recommended, but not "because you watched Alien".
+    ranked = ranker().rank(ids(["alien", "blade"]), np.zeros((1, 2), bool), ids([]), k=5)
+    because = dict(zip(ranked.item_ids[0], ranked.because_ids[0]))
+    assert because["alien"] == "blade"
+    assert because["blade"] == "alien"
+
+
+def test_an_empty_history_width_is_cold():
+    empty = np.empty((1, 0), dtype=object)
+    ranked = ranker().rank(empty, np.zeros((1, 0), bool), ids([]), k=2)
+    assert list(ranked.item_ids[0]) == ["", ""]

@@ -5,7 +5,7 @@
 2. scores against every active catalog row; excluded items (the caller's policy: what the
    user bought, and what they clicked if so configured) and removed items never come back;
 3. the best ``candidates`` rows are re-ranked for diversity (MMR over BERT vectors);
-4. each chosen item gets the history item that contributed most, for its explanation.
+4. each chosen item gets the history item that explains it best (see ``_explain``).
 
 A history with no item the catalog knows gets nothing: the caller shows trending items.
 """
@@ -71,17 +71,35 @@ class Ranker:
         chosen_scores = np.where(
             picks >= 0, np.take_along_axis(pool_scores, np.clip(picks, 0, None), 1), -np.inf
         )
-        history_vectors = catalog.text[np.clip(rows, 0, None)]
-        same_item = chosen[:, :, None] == rows[:, None, :]
-        strongest = strongest_history(
-            history_vectors, weights, catalog.text[np.clip(chosen, 0, None)], same_item
-        )
+        strongest = self._explain(rows, weights, chosen)
         because = np.take_along_axis(history_ids, np.clip(strongest, 0, None), 1)
         return Ranked(
             item_ids=np.where(chosen >= 0, catalog.item_ids[np.clip(chosen, 0, None)], ""),
             scores=chosen_scores.astype(np.float32),
             because_ids=np.where((strongest >= 0) & (chosen >= 0), because, ""),
         )
+
+    def _explain(self, rows: np.ndarray, weights: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """Index of the history item that explains each chosen item (-1: none).
+
+        Zero-shot: the largest term of the weighted sum that made the score (exact). The
+        head mixes its history in ways that do not split into terms, so it names the
+        history item closest to the recommendation in the head's own item space, which
+        carries what training learned about items watched together.
+        """
+        if self.head:
+            space, weights = self.catalog.scoring, (rows >= 0).astype(np.float32)
+        else:
+            space = self.catalog.text
+        history = _unit(space[np.clip(rows, 0, None)])
+        items = _unit(space[np.clip(chosen, 0, None)])
+        same_item = chosen[:, :, None] == rows[:, None, :]
+        return strongest_history(history, weights, items, same_item)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 def _as_text(ids: np.ndarray) -> np.ndarray:

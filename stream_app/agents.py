@@ -154,17 +154,14 @@ class InteractionProcessor:
                     self._message(items, model, trigger[u.user_id])
                     for u, (items, model) in zip(updates, lists)
                 ]
-                await self._retry(
-                    "redis",
-                    lambda: self._history.save_recommendations(
-                        {
-                            pseudonym: m.to_json(with_caller_ids=False)
-                            for pseudonym, m in zip((u.user_id for u in updates), messages)
-                        }
-                    ),
-                )
+                lists_by_user = {
+                    u.user_id: m.to_json(with_caller_ids=False) for u, m in zip(updates, messages)
+                }
                 shown = sorted({i.item_id for m in messages for i in m.items})
-                await self._retry("redis", lambda: self._popularity.record(first_time, shown))
+                await asyncio.gather(
+                    self._retry("redis", lambda: self._history.save_recommendations(lists_by_user)),
+                    self._retry("redis", lambda: self._popularity.record(first_time, shown)),
+                )
                 for message in messages:
                     self._publisher.recommendations(message)
                     for item in message.items:
@@ -215,10 +212,10 @@ class InteractionProcessor:
             )
             for u, skip in zip(updates, excluded)
         ]
-        ranked = await self._retry(
-            "triton", lambda: self._recommender.recommend(rows, k, policy.diversity)
+        ranked, trending = await asyncio.gather(  # independent: one waits for the other
+            self._retry("triton", lambda: self._recommender.recommend(rows, k, policy.diversity)),
+            self._retry("redis", lambda: self._popularity.trending(TRENDING_READ)),
         )
-        trending = await self._retry("redis", lambda: self._popularity.trending(TRENDING_READ))
         because = sorted({c.because_item_id for r in ranked.lists for c in r if c.because_item_id})
         titles = await self._retry("redis", lambda: self._catalog.titles(because))
         return [

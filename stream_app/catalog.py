@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from stream_app.config import Settings
 from stream_app.errors import RedisUnavailable
 from stream_app.events import ItemUpsert as CatalogItem  # an item as the catalog stores it
+from stream_app.metrics import track_redis
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +176,11 @@ class AsyncCatalogWriter:
         """Title of each known item (unknown and removed items are left out)."""
         if not item_ids:
             return {}
-        try:
-            raw = await self._redis.hmget(self.keys.meta, item_ids)
-        except RedisError as exc:
-            raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        with track_redis("titles"):
+            try:
+                raw = await self._redis.hmget(self.keys.meta, item_ids)
+            except RedisError as exc:
+                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
         return {i: t for i, t in zip(item_ids, _fields(raw, "title")) if t is not None}
 
 

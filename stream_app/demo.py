@@ -148,10 +148,10 @@ def _report(settings, messages, planned, last_event, dlq: int) -> None:
 
 
 def _show_cold_start(settings: Settings, planned) -> None:
-    """A brand-new item, recommendable seconds after it is produced; a brand-new user."""
+    """A brand-new item, scorable within a second of being produced; a brand-new user, who
+    gets trending items, then a personal list (with the new item) after one click."""
     catalog = CatalogStore(redis_client(settings), settings.redis.key_prefix)
-    user_id = max({e.user_id for e in planned}, key=lambda u: sum(e.user_id == u for e in planned))
-    watched = [e.item_id for e in planned if e.user_id == user_id][-1]
+    watched = planned[-1].item_id
     (title,) = catalog.titles([watched])
     (text,) = catalog.texts([watched])
     new_item = {
@@ -169,19 +169,23 @@ def _show_cold_start(settings: Settings, planned) -> None:
             raise StackError("the new item was not scorable within 30 s: see var/demo/worker.log")
         time.sleep(0.02)
     scorable_s = time.monotonic() - produced
-    again = PlannedEvent(user_id, f"demo-{uuid.uuid4().hex[:8]}", watched, "click")
-    items = [i["item_id"] for i in recommendations_after(settings.kafka, again)["items"]]
-    place = (
-        f"at position {items.index(new_item['item_id']) + 1}"
-        if new_item["item_id"] in items
-        else "not in the top 10"
-    )
-    print(f"\nCold start: new item {new_item['title']!r} was scorable {scorable_s:.2f} s after")
-    print(f"  it was produced; user {user_id}, who just watched {title!r}, has it {place}.")
-    newcomer = PlannedEvent(f"demo-new-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, "?", "click")
-    trending = recommendations_after(settings.kafka, newcomer)["items"][:5]
+    print(f"\nCold start: new item {new_item['title']!r} was scorable {scorable_s:.2f} s")
+    print("  after it was produced.")
+    newcomer = f"demo-new-{uuid.uuid4().hex[:8]}"
+    unknown = PlannedEvent(newcomer, uuid.uuid4().hex, "not-in-the-catalog", "click")
+    trending = recommendations_after(settings.kafka, unknown)["items"][:5]
     reasons = sorted({i["reason"] for i in trending})
     print(f"  A brand-new user gets {reasons}: {catalog.titles([i['item_id'] for i in trending])}")
+    first_click = PlannedEvent(newcomer, uuid.uuid4().hex, watched, "click")
+    items = recommendations_after(settings.kafka, first_click)["items"]
+    ids = [i["item_id"] for i in items]
+    place = (
+        f"has the new item at position {ids.index(new_item['item_id']) + 1}"
+        if new_item["item_id"] in ids
+        else "does not have the new item in its top 10"
+    )
+    print(f"  Their first click, on {title!r}, makes it {items[0]['reason']}; the list {place}:")
+    print(f"  {catalog.titles(ids[:5])}")
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -212,7 +212,7 @@ class InteractionProcessor:
             )
             for u, skip in zip(updates, excluded)
         ]
-        ranked, trending = await asyncio.gather(  # independent: one waits for the other
+        ranked, trending = await asyncio.gather(  # independent of each other: run together
             self._retry("triton", lambda: self._recommender.recommend(rows, k, policy.diversity)),
             self._retry("redis", lambda: self._popularity.trending(TRENDING_READ)),
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from stream_app import metrics
-from stream_app.backoff import Backoff
+from stream_app.backoff import Backoff, CircuitBreaker
 from stream_app.catalog import AsyncCatalogWriter
 from stream_app.config import Settings
 from stream_app.errors import DependencyError, InvalidEvent
@@ -28,7 +28,7 @@ from stream_app.events import (
     parse_item,
 )
 from stream_app.history import HistoryStore, UserUpdate
-from stream_app.inference import HistoryRow, TritonRecommender
+from stream_app.inference import HistoryRow, Ranking, TritonRecommender
 from stream_app.policy import assemble, excluded_items
 from stream_app.popularity import Popularity
 from stream_app.privacy import Pseudonymiser
@@ -39,6 +39,8 @@ T = TypeVar("T")
 
 TRENDING_READ = 100
 """Trending items read per batch: enough to fill a list after the user's exclusions."""
+DEGRADED_MODEL_VERSION = "unavailable"
+"""model_version of a list made without the model."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class InteractionProcessor:
         self._clock = clock
         self._pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
         self._retry = Retrier()
+        self._breaker = CircuitBreaker(
+            settings.triton.breaker_failures, settings.triton.breaker_cooldown_s
+        )
 
     async def process(self, batch: list[RawEvent]) -> BatchOutcome:
         topic = self._settings.kafka.interactions_topic
@@ -149,10 +154,10 @@ class InteractionProcessor:
                 outcome.duplicates = len(valid) - len(first_time)
                 metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(outcome.duplicates)
                 _count_hits(first_time, updates)
-                lists = await self._recommend(updates)
+                lists, model, degraded = await self._recommend(updates)
                 messages = [
-                    self._message(items, model, trigger[u.user_id])
-                    for u, (items, model) in zip(updates, lists)
+                    self._message(items, model, trigger[u.user_id], degraded)
+                    for u, items in zip(updates, lists)
                 ]
                 lists_by_user = {
                     u.user_id: m.to_json(with_caller_ids=False) for u, m in zip(updates, messages)
@@ -197,8 +202,9 @@ class InteractionProcessor:
 
     async def _recommend(
         self, updates: list[UserUpdate]
-    ) -> list[tuple[tuple[RecommendedItem, ...], str]]:
-        """Each user's final list (and the model version that ranked it)."""
+    ) -> tuple[list[tuple[RecommendedItem, ...]], str, bool]:
+        """Each user's final list, the model version that ranked them, and whether the
+        model was unavailable (the lists then come from trending: degraded)."""
         k, policy = self._settings.worker.top_k, self._settings.policy
         excluded = [
             excluded_items(
@@ -213,21 +219,50 @@ class InteractionProcessor:
             for u, skip in zip(updates, excluded)
         ]
         ranked, trending = await asyncio.gather(  # independent of each other: run together
-            self._retry("triton", lambda: self._recommender.recommend(rows, k, policy.diversity)),
+            self._rank(rows, k),
             self._retry("redis", lambda: self._popularity.trending(TRENDING_READ)),
         )
+        degraded = ranked is None
+        if ranked is None:
+            metrics.DEGRADED_LISTS.inc(len(rows))
+            ranked = Ranking([[] for _ in rows], DEGRADED_MODEL_VERSION)
         because = sorted({c.because_item_id for r in ranked.lists for c in r if c.because_item_id})
         titles = await self._retry("redis", lambda: self._catalog.titles(because))
-        return [
-            (
-                assemble(candidates, trending, skip, k, titles, update.purchased),
-                ranked.model_version,
-            )
+        lists = [
+            assemble(candidates, trending, skip, k, titles, update.purchased, degraded)
             for update, candidates, skip in zip(updates, ranked.lists, excluded)
         ]
+        return lists, ranked.model_version, degraded
+
+    async def _rank(self, rows: list[HistoryRow], k: int) -> Ranking | None:
+        """The model's candidates, or None when Triton is unavailable: the batch goes on
+        degraded rather than waiting, and the breaker stops calling a server that is down."""
+        if not self._breaker.allows_call():
+            return None
+        diversity = self._settings.policy.diversity
+        try:
+            ranked = await self._recommender.recommend(rows, k, diversity)
+        except Exception as exc:  # noqa: BLE001  (a bug must not stall the stream either)
+            self._breaker.record_failure()
+            metrics.ERRORS.labels(component="triton").inc()
+            log = logger.warning if isinstance(exc, DependencyError) else logger.exception
+            log(
+                'recommender unavailable, lists degraded breaker="%s" error="%s"',
+                self._breaker.state,
+                exc,
+            )
+            ranked = None
+        else:
+            self._breaker.record_success()
+        metrics.BREAKER_OPEN.set(0 if self._breaker.state == "closed" else 1)
+        return ranked
 
     def _message(
-        self, items: tuple[RecommendedItem, ...], model_version: str, trigger: Interaction
+        self,
+        items: tuple[RecommendedItem, ...],
+        model_version: str,
+        trigger: Interaction,
+        degraded: bool,
     ) -> Recommendations:
         return Recommendations(
             user_id=trigger.user_id,
@@ -236,6 +271,7 @@ class InteractionProcessor:
             trigger_event_id=trigger.event_id,
             event_ts=trigger.ts,
             generated_at=self._clock(),
+            degraded=degraded,
         )
 
     def _observe_published(

@@ -130,7 +130,8 @@ def create_app(settings: Settings) -> faust.App:
             # take_events acknowledges the batch only after this block returns, so the
             # offsets Faust commits never run ahead of written outputs.
             started = time.perf_counter()
-            outcome = await _process_or_exit(processor, [_raw(e) for e in events])
+            batch = [_raw(e) for e in events]
+            outcome = await _process_or_exit(processor, batch, worker.shutdown_grace_s)
             logger.debug(
                 'batch topic="%s" events=%d dlq=%d duplicates=%d published=%d seconds=%.3f',
                 events[0].message.topic,
@@ -179,17 +180,24 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def _process_or_exit(processor, batch: list[RawEvent]):
-    """Process a batch; if the worker is stopped half way, exit before Faust commits it.
+async def _process_or_exit(processor, batch: list[RawEvent], grace_s: float):
+    """Process a batch; when the worker is stopped half way, finish it first.
 
     Faust acknowledges a batch when its block ends, even by cancellation, and commits on
-    shutdown. A batch cut short (say SIGTERM while Redis is down and we are retrying) must
-    be read again by the next worker, so the process ends here without that commit.
+    shutdown. So on SIGTERM the batch keeps running (shielded) for up to ``grace_s``: if
+    it completes, its offsets are committed on the way out; if it cannot (a server is
+    down), the process ends without that commit and the next worker reads it again.
     """
+    task = asyncio.ensure_future(processor.process(batch))
     try:
-        return await processor.process(batch)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
-        logger.error("stopped in the middle of a batch events=%d: exiting uncommitted", len(batch))
+        logger.info("stopping: finishing the in-flight batch events=%d", len(batch))
+        done, _ = await asyncio.wait({task}, timeout=grace_s)
+        if task in done and task.exception() is None:
+            logger.info("in-flight batch finished; committing and stopping")
+            raise
+        logger.error("in-flight batch not finished in %.0f s: exiting uncommitted", grace_s)
         logging.shutdown()
         os._exit(75)  # EX_TEMPFAIL: the batch is redelivered to the next worker
 

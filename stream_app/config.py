@@ -74,6 +74,11 @@ class TritonSettings(_Group):
     """Triton model that turns item text into a vector."""
     timeout_s: float = Field(5.0, gt=0)
     """Deadline of one inference request."""
+    breaker_failures: int = Field(3, ge=1)
+    """Failed recommender calls in a row that open the circuit breaker (lists then come
+    from trending, marked degraded, without calling Triton)."""
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+    """How long the breaker stays open before one call tries Triton again."""
     model_repository: str = "model_repository"
     """Model repository a locally launched Triton serves."""
 
@@ -98,6 +103,9 @@ class WorkerSettings(_Group):
     """Bind address of the worker's HTTP server."""
     data_dir: str = "var/worker"
     """Faust's local data directory."""
+    shutdown_grace_s: float = Field(25.0, gt=0, le=600)
+    """On SIGTERM, how long the in-flight batch may take to finish (and be committed);
+    keep it under the Kubernetes termination grace period."""
 
 
 class PolicySettings(_Group):

@@ -18,7 +18,7 @@ Output ``recommendations`` (key: user_id)::
                 "explanation": "because you watched Star Wars (1977)", "because_item_id": "50"},
                ...],
      "model_version": "weighted-mean-v1", "trigger_event_id": "e-1",
-     "event_ts": 1764115200.25, "generated_at": 1764115200.31}
+     "event_ts": 1764115200.25, "generated_at": 1764115200.31, "degraded": false}
 
 ``schema_version`` may be left out (it defaults to 1). Every violation raises
 :class:`~stream_app.errors.InvalidEvent` whose ``reason`` is one of :data:`DLQ_REASONS`.
@@ -102,6 +102,7 @@ class Recommendations:
     trigger_event_id: str
     event_ts: float
     generated_at: float
+    degraded: bool = False  # the model was unavailable: trending items stood in
 
     def to_json(self, with_caller_ids: bool = True) -> bytes:
         """The output message. The copy kept in Redis leaves out the ids the caller chose

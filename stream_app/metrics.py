@@ -90,6 +90,16 @@ COVERAGE_ITEMS = Gauge(
     "Distinct items recommended over the coverage window (all workers; HyperLogLog).",
     registry=REGISTRY,
 )
+DEGRADED_LISTS = Counter(
+    "streamrec_recs_degraded_total",
+    "Lists published from trending because the recommender was unavailable.",
+    registry=REGISTRY,
+)
+BREAKER_OPEN = Gauge(
+    "streamrec_triton_breaker_open",
+    "1 while the recommender's circuit breaker is open or half open, else 0.",
+    registry=REGISTRY,
+)
 TRITON_LATENCY = Histogram(
     "streamrec_triton_request_duration_seconds",
     "Triton inference request latency, by model and outcome.",

@@ -160,6 +160,7 @@ def assemble(
     k: int,
     titles: Mapping[str, str],
     purchased_in_history: Collection[str] = (),
+    degraded: bool = False,
 ) -> tuple[RecommendedItem, ...]:
     """The final list: at most k items, no repeats, nothing from ``excluded``.
 
@@ -177,7 +178,8 @@ def assemble(
         taken.add(candidate.item_id)
         chosen.append(_personal_item(candidate, titles, purchased_in_history))
 
-    fill_reason = "fallback" if chosen else "trending"
+    # Degraded (no model answer): trending stands in for a list that should be personal.
+    fill_reason = "fallback" if chosen or degraded else "trending"
     for item_id, score in trending:
         if len(chosen) >= k:
             break

@@ -6,10 +6,11 @@ question is only what the processor does with their answers and failures.
 
 import asyncio
 import json
+import time
 
 from stream_app.agents import InteractionProcessor, RawEvent
 from stream_app.config import Settings
-from stream_app.errors import RedisUnavailable
+from stream_app.errors import InferenceUnavailable, RedisUnavailable
 from stream_app.history import UserUpdate
 from stream_app.inference import Ranking
 from stream_app.metrics import REGISTRY
@@ -218,3 +219,41 @@ def test_a_click_on_a_recommended_item_counts_a_hit_by_position():
     run(history, [raw(click("u1", "e2", "3")), raw(click("u1", "e2", "3"))])  # one redelivered
     assert metric("streamrec_quality_hits_total", position="2-3", reason="personal") == hits + 1
     assert metric("streamrec_quality_interactions_total") == scored + 1
+
+
+class DownRecommender(FixedRecommender):
+    """Fails until ``up`` is set, counting the calls that reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls, self.up = 0, False
+
+    async def recommend(self, rows, k, diversity):
+        self.calls += 1
+        if not self.up:
+            raise InferenceUnavailable("recommender request failed: connection refused")
+        return await super().recommend(rows, k, diversity)
+
+
+def test_an_unavailable_model_degrades_lists_and_the_breaker_stops_calling_it():
+    settings = Settings(triton={"breaker_failures": 2, "breaker_cooldown_s": 0.05})
+    recommender, publisher = DownRecommender(), MemoryPublisher()
+    processor = InteractionProcessor(
+        settings, MemoryHistory(), recommender, MemoryCatalog(), MemoryPopularity(), publisher
+    )
+    for n in range(4):
+        asyncio.run(processor.process([raw(click("u1", f"e{n}", "1"))]))
+    assert recommender.calls == 2  # then the breaker opened: no call waits on a dead server
+    assert all(m.degraded and m.model_version == "unavailable" for m in publisher.recs)
+    assert [(i.item_id, i.reason) for i in publisher.recs[-1].items] == [
+        ("20", "fallback"),
+        ("21", "fallback"),
+    ]  # trending, minus the item the user clicked
+    assert metric("streamrec_triton_breaker_open") == 1
+
+    recommender.up = True
+    time.sleep(0.06)  # the cool-down passes: one call tries again, and it works
+    asyncio.run(processor.process([raw(click("u1", "e9", "2"))]))
+    assert recommender.calls == 3
+    assert not publisher.recs[-1].degraded and publisher.recs[-1].items[0].reason == "personal"
+    assert metric("streamrec_triton_breaker_open") == 0

@@ -139,7 +139,7 @@ class InteractionProcessor:
         metrics.BATCH_SIZE.labels(topic=topic).observe(len(batch))
         with metrics.BATCH_DURATION.labels(topic=topic).time():
             outcome = BatchOutcome()
-            valid, produced_at = self._validate(batch, outcome)
+            valid, produced_at = await self._validate(batch, outcome)
             if valid:
                 # Event ids are pseudonymised too: producers often build them from user ids.
                 stored = [
@@ -176,13 +176,12 @@ class InteractionProcessor:
             self._observe_published(valid, produced_at)
         return outcome
 
-    def _validate(
+    async def _validate(
         self, batch: list[RawEvent], outcome: BatchOutcome
     ) -> tuple[list[Interaction], dict[tuple[str, str], float]]:
         worker = self._settings.worker
         now = self._clock()
-        valid: list[Interaction] = []
-        produced_at: dict[tuple[str, str], float] = {}
+        parsed: list[tuple[RawEvent, Interaction]] = []
         for raw in batch:
             try:
                 event = parse_interaction(
@@ -194,11 +193,20 @@ class InteractionProcessor:
             except InvalidEvent as error:
                 _dead_letter(self._publisher, raw, error, outcome)
                 continue
-            valid.append(event)
+            parsed.append((raw, event))
+        if parsed and worker.unknown_items == "dead_letter":
+            items = sorted({event.item_id for _, event in parsed})
+            known = await self._retry("redis", lambda: self._catalog.known(items))
+            for raw, event in [p for p in parsed if p[1].item_id not in known]:
+                detail = f"item {event.item_id!r} is not in the catalog"
+                _dead_letter(self._publisher, raw, InvalidEvent("unknown_item", detail), outcome)
+            parsed = [p for p in parsed if p[1].item_id in known]
+        produced_at: dict[tuple[str, str], float] = {}
+        for raw, event in parsed:
             produced_at[event.user_id, event.event_id] = raw.timestamp or event.ts
             metrics.EVENTS_CONSUMED.labels(topic=raw.topic, type=event.type).inc()
         outcome.consumed = len(batch)
-        return valid, produced_at
+        return [event for _, event in parsed], produced_at
 
     async def _recommend(
         self, updates: list[UserUpdate]

@@ -172,6 +172,18 @@ class AsyncCatalogWriter:
         except RedisError as exc:
             raise RedisUnavailable(f"catalog write failed: {type(exc).__name__}") from exc
 
+    async def known(self, item_ids: list[str]) -> set[str]:
+        """The ids that are in the catalog now (one round trip)."""
+        with track_redis("known_items"):
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for item_id in item_ids:
+                    pipe.hexists(self.keys.vectors, item_id)
+                flags = await pipe.execute()
+            except RedisError as exc:
+                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        return {item_id for item_id, found in zip(item_ids, flags) if found}
+
     async def titles(self, item_ids: list[str]) -> dict[str, str]:
         """Title of each known item (unknown and removed items are left out)."""
         if not item_ids:

@@ -8,6 +8,7 @@ Unknown fields are rejected so a typo fails at start-up with the setting's name.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +96,10 @@ class WorkerSettings(_Group):
     """Events larger than this go to the DLQ before they are parsed."""
     max_text_chars: int = Field(4000, ge=16)
     """Item text longer than this is rejected."""
+    unknown_items: Literal["keep", "dead_letter"] = "keep"
+    """An interaction with an item the catalog does not hold (yet: topics are not ordered
+    with each other): kept in the history, unscored until the item arrives, or sent to the
+    DLQ with reason unknown_item (replayable once the catalog has it)."""
     max_future_skew_s: float = Field(300.0, ge=0)
     """Events stamped further than this in the future are rejected."""
     web_port: int = Field(6066, ge=1, le=65535)

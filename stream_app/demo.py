@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -69,6 +70,16 @@ class WorkerProcess:
 
     def log_tail(self) -> str:
         return self._process.log_tail()
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies mid-flight, as on a node failure or an OOM kill."""
+        self._process.signal(signal.SIGKILL)
+        self._process.wait(10)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, as Kubernetes sends it; returns the exit code."""
+        self._process.signal(signal.SIGTERM)
+        return self._process.wait(timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._process.stop(timeout_s)

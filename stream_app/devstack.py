@@ -131,6 +131,17 @@ class ManagedProcess:
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (SIGKILL: a crash; SIGTERM: a polite stop)."""
+        if self.is_alive():
+            self._proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the process has ended (raises TimeoutExpired)."""
+        if self._proc is None:
+            raise StackError(f"{self.name} was never started")
+        return self._proc.wait(timeout)
+
     def wait_ready(self, timeout: float) -> float:
         """Poll the probe until it answers; returns the seconds it took.
 

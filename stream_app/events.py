@@ -55,6 +55,7 @@ DLQ_REASONS = (
     "unknown_event_type",
     "timestamp_out_of_range",
     "text_too_long",
+    "unknown_item",
 )
 
 

@@ -76,6 +76,12 @@ class FixedRecommender:
 
 
 class MemoryCatalog:
+    """Holds every item but those named "unknown...". ("x..." items are in the catalog
+    but unknown to FixedRecommender, like items removed since.)"""
+
+    async def known(self, item_ids):
+        return {i for i in item_ids if not i.startswith("unknown")}
+
     async def titles(self, item_ids):
         return {i: f"Movie {i}" for i in item_ids}
 
@@ -257,3 +263,23 @@ def test_an_unavailable_model_degrades_lists_and_the_breaker_stops_calling_it():
     assert recommender.calls == 3
     assert not publisher.recs[-1].degraded and publisher.recs[-1].items[0].reason == "personal"
     assert metric("streamrec_triton_breaker_open") == 0
+
+
+def test_an_item_the_catalog_does_not_hold_is_dead_lettered_or_kept_as_configured():
+    batch = [raw(click("u1", "e1", "unknown-7")), raw(click("u1", "e2", "3"))]
+    history = MemoryHistory()
+    run(history, batch)  # the default keeps it: the item may just not have arrived yet
+    assert [e.item_id for e in history.events[PSEUDONYM("u1")]] == ["unknown-7", "3"]
+
+    publisher = MemoryPublisher()
+    processor = InteractionProcessor(
+        Settings(worker={"unknown_items": "dead_letter"}),
+        MemoryHistory(),
+        FixedRecommender(),
+        MemoryCatalog(),
+        MemoryPopularity(),
+        publisher,
+    )
+    outcome = asyncio.run(processor.process(batch))
+    assert publisher.dead == [(batch[0].value, "unknown_item")]
+    assert outcome.dead_lettered == 1 and publisher.recs[0].trigger_event_id == "e2"

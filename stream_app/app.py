@@ -11,11 +11,11 @@ import faust
 import redis.asyncio as aioredis
 
 from stream_app import faust_kafka, metrics, web
-from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent, Retrier
+from stream_app.agents import InteractionProcessor, ItemProcessor, RawEvent
 from stream_app.catalog import AsyncCatalogWriter
 from stream_app.catalog import redis_client as catalog_redis_client
 from stream_app.config import DEVELOPMENT_USER_ID_KEY, Settings
-from stream_app.errors import InvalidEvent, RedisUnavailable
+from stream_app.errors import DependencyError, InvalidEvent, RedisUnavailable
 from stream_app.events import Recommendations
 from stream_app.history import HistoryStore
 from stream_app.inference import TritonRecommender
@@ -144,7 +144,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
-        await Retrier()("triton", recommender.connect)
+        await _check(recommender)
         processor = InteractionProcessor(
             settings,
             history,
@@ -168,7 +168,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(items, name="items")
     async def process_items(stream: faust.StreamT) -> None:
-        await Retrier()("triton", recommender.connect)
+        await _check(recommender)
         processor = ItemProcessor(
             settings,
             catalog,
@@ -178,6 +178,15 @@ def create_app(settings: Settings) -> faust.App:
         await consume(stream, processor)
 
     return app
+
+
+async def _check(recommender: TritonRecommender) -> None:
+    """Say at start-up whether Triton is there; never wait for it: while it is away the
+    breaker degrades lists to trending and item upserts are retried."""
+    try:
+        await recommender.connect()
+    except DependencyError as exc:
+        logger.warning('Triton not ready at start-up error="%s": lists degraded until it is', exc)
 
 
 async def _process_or_exit(processor, batch: list[RawEvent], grace_s: float):

@@ -21,6 +21,17 @@ EMBED_BATCH = 64
 """Texts per item_embedder request; matches its config's max_batch_size."""
 
 
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    # gRPC backs off reconnecting up to 2 minutes, failing calls at once meanwhile: a
+    # Triton that came back would stay "down" that long. Try again at least every second.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     """One user's history for the recommender, oldest first, and what it must not return."""
@@ -43,7 +54,7 @@ class TritonRecommender:
     def __init__(
         self, url: str, recommender_model: str, embedder_model: str, timeout_s: float
     ) -> None:
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._recommender = recommender_model
         self._embedder = embedder_model
         self._timeout_s = timeout_s

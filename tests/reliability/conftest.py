@@ -206,6 +206,22 @@ def seconds_until_answered(
     return time.monotonic() - since
 
 
+def seconds_until_recovered(settings: Settings, since: float, timeout_s: float) -> float:
+    """Seconds from ``since`` until a probe produced after it got a list from the model
+    (not degraded); probes are sent again every few seconds while they come back degraded."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        (probe,) = produce_probes(settings, users=1)
+        wanted = probe.event_id
+        with TopicReader(settings.kafka, settings.kafka.recommendations_topic) as reader:
+            reader.read_until(lambda ms, wanted=wanted: wanted in triggers(ms), timeout_s=10)
+            answers = [json.loads(m.value()) for m in reader.messages]
+        if any(a["trigger_event_id"] == wanted and not a["degraded"] for a in answers):
+            return time.monotonic() - since
+        time.sleep(0.5)
+    raise AssertionError(f"still degraded {timeout_s} s after the server came back")
+
+
 def produce_in_background(settings: Settings, events, bad: list[bytes], rate_per_s: float):
     """Replay ``events`` at ``rate_per_s`` with the malformed ones spread through them."""
     chunks = len(bad) + 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
+from typing import NoReturn
 
 import faust
 import redis.asyncio as aioredis
@@ -131,7 +133,7 @@ def create_app(settings: Settings) -> faust.App:
             # offsets Faust commits never run ahead of written outputs.
             started = time.perf_counter()
             batch = [_raw(e) for e in events]
-            outcome = await _process_or_exit(processor, batch, worker.shutdown_grace_s)
+            outcome = await _process_or_exit(processor, batch)
             logger.debug(
                 'batch topic="%s" events=%d dlq=%d duplicates=%d published=%d seconds=%.3f',
                 events[0].message.topic,
@@ -189,26 +191,52 @@ async def _check(recommender: TritonRecommender) -> None:
         logger.warning('Triton not ready at start-up error="%s": lists degraded until it is', exc)
 
 
-async def _process_or_exit(processor, batch: list[RawEvent], grace_s: float):
-    """Process a batch; when the worker is stopped half way, finish it first.
+async def _process_or_exit(processor, batch: list[RawEvent]):
+    """Process a batch; if the agent is cancelled half way (shutdown), finish it first.
 
-    Faust acknowledges a batch when its block ends, even by cancellation, and commits on
-    shutdown. So on SIGTERM the batch keeps running (shielded) for up to ``grace_s``: if
-    it completes, its offsets are committed on the way out; if it cannot (a server is
-    down), the process ends without that commit and the next worker reads it again.
+    Faust acknowledges a batch when its block ends, even by cancellation, and commits
+    what was acknowledged on the way out: a batch cut short would be committed undone.
+    So the batch runs shielded to its end; how long that may take is bounded by
+    :class:`GracefulWorker`'s SIGTERM deadline, which exits without any commit.
     """
     task = asyncio.ensure_future(processor.process(batch))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         logger.info("stopping: finishing the in-flight batch events=%d", len(batch))
-        done, _ = await asyncio.wait({task}, timeout=grace_s)
-        if task in done and task.exception() is None:
-            logger.info("in-flight batch finished; committing and stopping")
-            raise
-        logger.error("in-flight batch not finished in %.0f s: exiting uncommitted", grace_s)
-        logging.shutdown()
-        os._exit(75)  # EX_TEMPFAIL: the batch is redelivered to the next worker
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            exit_uncommitted("cancelled twice in the middle of a batch")
+        logger.info("in-flight batch finished; it is committed on the way out")
+        raise
+
+
+def exit_uncommitted(why: str) -> NoReturn:
+    """End the process now, committing nothing: the next worker reads the batch again."""
+    logger.error("%s: exiting without committing", why)
+    logging.shutdown()
+    os._exit(75)  # EX_TEMPFAIL
+
+
+class GracefulWorker(faust.Worker):
+    """A faust.Worker whose SIGTERM stop has a deadline.
+
+    On SIGTERM Faust waits for every event in flight to be acknowledged, then commits
+    and exits: with Redis down that wait has no end, and Kubernetes would SIGKILL the pod
+    anyway. Past ``grace_s`` this exits uncommitted instead (redelivery is idempotent).
+    """
+
+    def __init__(self, app: faust.App, grace_s: float, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self._grace_s = grace_s
+
+    def _on_sigterm(self) -> None:
+        why = f"not stopped {self._grace_s:.0f} s after SIGTERM"
+        watchdog = threading.Timer(self._grace_s, exit_uncommitted, args=(why,))
+        watchdog.daemon = True
+        watchdog.start()
+        super()._on_sigterm()
 
 
 def _raw(event: faust.EventT) -> RawEvent:

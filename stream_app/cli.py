@@ -52,12 +52,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
-    import faust
-
-    from stream_app.app import create_app
+    from stream_app.app import GracefulWorker, create_app
 
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker = GracefulWorker(
+        app, settings.worker.shutdown_grace_s, loglevel=settings.log_level.lower(), quiet=True
+    )
     worker.execute_from_commandline()
 
 

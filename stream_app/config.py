@@ -109,8 +109,9 @@ class WorkerSettings(_Group):
     data_dir: str = "var/worker"
     """Faust's local data directory."""
     shutdown_grace_s: float = Field(25.0, gt=0, le=600)
-    """On SIGTERM, how long the in-flight batch may take to finish (and be committed);
-    keep it under the Kubernetes termination grace period."""
+    """On SIGTERM, how long the worker may take to finish its in-flight batch and commit;
+    past it, it exits uncommitted (code 75). Keep it under Kubernetes'
+    terminationGracePeriodSeconds."""
 
 
 class PolicySettings(_Group):

@@ -76,9 +76,15 @@ class WorkerProcess:
         self._process.signal(signal.SIGKILL)
         self._process.wait(10)
 
-    def terminate(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, as Kubernetes sends it; returns the exit code."""
+    def terminate(self) -> None:
+        """SIGTERM, as Kubernetes sends it."""
         self._process.signal(signal.SIGTERM)
+
+    def is_alive(self) -> bool:
+        return self._process.is_alive()
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code, once the worker has ended."""
         return self._process.wait(timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:

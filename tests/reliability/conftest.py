@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -22,7 +24,7 @@ import redis.asyncio as aioredis
 
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess
-from stream_app.devstack import free_port
+from stream_app.devstack import ManagedProcess, free_port, port_open
 from stream_app.history import HistoryStore
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.privacy import Pseudonymiser
@@ -171,6 +173,41 @@ def record(scenario: str, **measured) -> None:
     row = {"scenario": scenario, "at": time.strftime("%Y-%m-%d %H:%M:%S")} | measured
     with RESULTS.open("a") as out:
         out.write(json.dumps(row) + "\n")
+
+
+class RedisServer:
+    """A redis-server of this test, persisting every write (appendfsync always), so a
+    crash loses nothing that was acknowledged, as a production Redis would be set up."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.dir = VAR / unique("redis-outage")
+        self.dir.mkdir(parents=True)
+        argv = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+        argv += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
+        argv += ["--save", ""]
+        self.process = ManagedProcess(
+            "redis", argv, self.dir / "redis.log", lambda: port_open("127.0.0.1", port)
+        )
+
+    def start(self) -> None:
+        self.process.start()
+        self.process.wait_ready(10)
+
+    def crash(self) -> None:
+        self.process.signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis hangs (a stalled node, a network partition) without losing data."""
+        self.process.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.signal(signal.SIGCONT)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture

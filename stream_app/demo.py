@@ -68,8 +68,8 @@ class WorkerProcess:
         self._process.wait_ready(ready_timeout_s)
         return self
 
-    def log_tail(self) -> str:
-        return self._process.log_tail()
+    def log_tail(self, lines: int = 40) -> str:
+        return self._process.log_tail(lines)
 
     def kill(self) -> None:
         """SIGKILL: the worker dies mid-flight, as on a node failure or an OOM kill."""

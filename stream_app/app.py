@@ -23,6 +23,7 @@ from stream_app.history import HistoryStore
 from stream_app.inference import TritonRecommender
 from stream_app.popularity import Popularity
 from stream_app.privacy import Pseudonymiser
+from stream_app.security import faust_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=kafka.session_timeout_s,
         broker_max_poll_interval=kafka.max_poll_interval_s,
         producer_acks=-1,
+        broker_credentials=faust_credentials(kafka),
         web_in_thread=False,
     )
 

@@ -33,6 +33,7 @@ from stream_app.config import Settings
 from stream_app.errors import RedisUnavailable
 from stream_app.events import ItemUpsert as CatalogItem  # an item as the catalog stores it
 from stream_app.metrics import track_redis
+from stream_app.security import redis_options
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,10 @@ return seq
 def redis_client(settings: Settings, client_class=redis.Redis, timeout_s: float | None = None):
     """A client for the configured Redis: sync by default (commands, the Triton model);
     ``redis.asyncio.Redis`` for the worker. ``timeout_s`` overrides the socket timeout."""
-    password = settings.redis.password
     return client_class.from_url(
         settings.redis.url,
-        password=password.get_secret_value() if password else None,
         socket_timeout=timeout_s or settings.redis.timeout_s,
+        **redis_options(settings.redis),
     )
 
 

@@ -8,12 +8,33 @@ Unknown fields are rejected so a typo fails at start-up with the setting's name.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_USER_ID_KEY = "streamrec-development-key"
+
+
+def _secret_from_file(data: object, name: str) -> object:
+    """``<name>_file`` names a file holding the secret (a mounted Kubernetes or Docker
+    secret); its content, without the final newline, becomes ``<name>``."""
+    if not isinstance(data, dict) or not data.get(f"{name}_file"):
+        return data
+    path = data[f"{name}_file"]
+    try:
+        secret = Path(path).read_text().rstrip("\n")
+    except OSError as exc:
+        raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+    return data | {name: secret}
+
+
+def _files_exist(group: BaseModel, *names: str) -> None:
+    for name in names:
+        path = getattr(group, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"{name}: no file at {path}")
 
 
 class _Group(BaseModel):
@@ -41,6 +62,38 @@ class KafkaSettings(_Group):
     """Longest gap between polls before the broker evicts a worker."""
     fetch_max_wait_ms: int = Field(100, ge=1, le=5000)
     """Longest a fetch waits for data (brokers that ignore fetch.min.bytes wait this long)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers; SASL_SSL in production."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    """SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password."""
+    sasl_password_file: str | None = None
+    """File holding the SASL password (a mounted secret), instead of sasl_password."""
+    ssl_ca_file: str | None = None
+    """CA bundle that signed the brokers' certificates (SSL, SASL_SSL); system CAs if unset."""
+    ssl_cert_file: str | None = None
+    """Client certificate for mutual TLS (PEM), with ssl_key_file."""
+    ssl_key_file: str | None = None
+    """Private key of the client certificate (PEM)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: object) -> object:
+        return _secret_from_file(data, "sasl_password")
+
+    @model_validator(mode="after")
+    def _complete_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
+        _files_exist(self, "ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+        return self
 
 
 class RedisSettings(_Group):
@@ -54,10 +107,26 @@ class RedisSettings(_Group):
     """Most recent event ids remembered per user to make redelivery a no-op."""
     user_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     """An idle user's history expires after this many seconds."""
+    username: str | None = None
+    """Redis ACL user (Redis 6+); the default user when unset."""
     password: SecretStr | None = None
-    """Redis password (or ACL user's password)."""
+    """Redis password, of the ACL user if one is set."""
+    password_file: str | None = None
+    """File holding the Redis password (a mounted secret), instead of password."""
+    ssl_ca_file: str | None = None
+    """CA bundle for a TLS Redis (a rediss:// URL); system CAs if unset."""
     timeout_s: float = Field(2.0, gt=0)
     """Socket timeout for one Redis call."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: object) -> object:
+        return _secret_from_file(data, "password")
+
+    @model_validator(mode="after")
+    def _ca_file_exists(self) -> RedisSettings:
+        _files_exist(self, "ssl_ca_file")
+        return self
 
 
 class TritonSettings(_Group):
@@ -136,6 +205,13 @@ class PrivacySettings(_Group):
     user_id_key: SecretStr = SecretStr(DEVELOPMENT_USER_ID_KEY)
     """HMAC key that pseudonymises user ids before they reach Redis or logs; set a secret
     in production (the built-in development key is logged as a warning)."""
+    user_id_key_file: str | None = None
+    """File holding the HMAC key (a mounted secret), instead of user_id_key."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_file(cls, data: object) -> object:
+        return _secret_from_file(data, "user_id_key")
 
 
 class Settings(BaseSettings):

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 
 from stream_app.config import Settings, get_settings
 from stream_app.errors import ConfigError, StackError
+from stream_app.security import redis_options
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class DevStack:
             shown,
             host,
             [port],
-            lambda: _redis_ready(url, password),
+            lambda: _redis_ready(url, redis_options(self.settings.redis)),
             command,
         )
 
@@ -462,10 +463,10 @@ class DevStack:
         # PATH, so put this interpreter's bin/ (the virtualenv) first.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         # The recommender model reads the catalog from the same Redis as the worker.
-        env["STREAMREC_REDIS__URL"] = settings.redis.url
-        env["STREAMREC_REDIS__KEY_PREFIX"] = settings.redis.key_prefix
-        if settings.redis.password is not None:
-            env["STREAMREC_REDIS__PASSWORD"] = settings.redis.password.get_secret_value()
+        for name, value in settings.redis.model_dump().items():
+            if value is not None:
+                value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+                env[f"STREAMREC_REDIS__{name.upper()}"] = str(value)
         return argv, env
 
     def _python_backend_dir(self, server_dir: Path) -> Path:
@@ -517,10 +518,9 @@ def _kafka_ready(bootstrap: str) -> bool:
     return True
 
 
-def _redis_ready(url: str, password: str | None) -> bool:
-    extra = {"password": password} if password else {}
+def _redis_ready(url: str, options: dict) -> bool:
     client = redis.Redis.from_url(
-        url, socket_timeout=_PROBE_TIMEOUT_S, socket_connect_timeout=_PROBE_TIMEOUT_S, **extra
+        url, socket_timeout=_PROBE_TIMEOUT_S, socket_connect_timeout=_PROBE_TIMEOUT_S, **options
     )
     try:
         return bool(client.ping())

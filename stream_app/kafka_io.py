@@ -13,10 +13,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream_app.config import KafkaSettings
+from stream_app.security import confluent_security
 
 
 def client_config(kafka: KafkaSettings) -> dict:
-    return {"bootstrap.servers": kafka.bootstrap}
+    return {"bootstrap.servers": kafka.bootstrap} | confluent_security(kafka)
 
 
 def all_topics(kafka: KafkaSettings) -> list[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from stream_app.catalog import redis_client
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess
 from stream_app.devstack import ManagedProcess, free_port, port_open
@@ -58,9 +59,12 @@ def isolated(base: Settings, **groups: dict) -> Settings:
     }
     for group, values in groups.items():
         update[group] = update.get(group, {}) | values
+    # Validated again (not model_copy'd) so that, say, a password file is read.
     return base.model_copy(
         update={
-            group: getattr(base, group).model_copy(update=values)
+            group: type(getattr(base, group)).model_validate(
+                getattr(base, group).model_dump() | values
+            )
             for group, values in update.items()
         }
     )
@@ -116,7 +120,7 @@ def stored_histories(settings: Settings, users) -> dict[str, list[tuple[str, str
     redis = settings.redis
 
     async def main():
-        client = aioredis.Redis.from_url(redis.url)
+        client = redis_client(settings, aioredis.Redis)  # with the settings' credentials
         store = HistoryStore(client, redis.key_prefix, redis.history_length, 1000, 3600)
         try:
             return {

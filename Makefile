@@ -10,7 +10,7 @@ ONNX_MODEL := model_repository/item_embedder/1/model.onnx
 HEAD := model_repository/recommender/2/head.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up test test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up test test-reliability test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -51,8 +51,13 @@ demo: setup $(HEAD) ## train the head once (~5 min), then start the local stack,
 up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)
 	$(BIN)/streamrec up
 
-test: setup ## the whole test suite: unit tests and integration tests on real servers
-	$(BIN)/python -m pytest tests
+test: setup ## unit, integration and the fast reliability tests on real servers (~3 min)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+test-reliability: setup ## every reliability scenario (kills, outages; ~5 min), then its table
+	rm -f var/reliability/results.jsonl
+	$(BIN)/python -m pytest tests/reliability
+	$(BIN)/python -m tests.reliability.report
 
 test-unit: $(BIN)/.installed ## unit tests only (no servers)
 	$(BIN)/python -m pytest tests/unit

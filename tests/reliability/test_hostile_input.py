@@ -12,7 +12,7 @@ import pytest
 
 from stream_app.kafka_io import TopicReader
 from stream_app.replay import PlannedEvent, produce_raw
-from tests.reliability.conftest import ensure, isolated, wait_for_final_lists, worker
+from tests.reliability.conftest import ensure, isolated, record, wait_for_final_lists, worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -101,6 +101,14 @@ def test_hostile_events_are_dead_lettered_with_their_reason(stack_settings, cata
         log = running.log_tail(lines=100_000)
 
     limit = settings.worker.max_event_bytes
+    expected = {value[:limit]: reason for value, reason in HOSTILE_INTERACTIONS.items()}
+    record(
+        "hostile events (every DLQ reason) and odd-looking valid ids",
+        events=len(HOSTILE_INTERACTIONS) + len(HOSTILE_ITEMS) + len(ODD_BUT_VALID_USERS),
+        dead_lettered_with_their_reason=sum(got.get(v) == r for v, r in expected.items())
+        + sum(got_items.get(v[:limit]) == r for v, r in HOSTILE_ITEMS.items()),
+        odd_ids_served=len(ODD_BUT_VALID_USERS) - len(unserved),
+    )
     assert got == {value[:limit]: reason for value, reason in HOSTILE_INTERACTIONS.items()}
     assert got_items == {value[:limit]: reason for value, reason in HOSTILE_ITEMS.items()}
     assert not unserved  # the odd ids were valid and got their lists

@@ -52,14 +52,15 @@ def test_items_unseen_in_training_get_no_learned_id():
 
 def test_head_shapes_and_text_only_items_still_score():
     config = HeadConfig(n_items=9, text_dim=8, hidden=16, max_len=5)
-    text = torch.randn(10, 8)
+    text = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
     model = ScoringHead(config, text, id_rows=torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 0])).eval()
     catalog = model.catalog()
     assert catalog.shape == (10, 16)
     users = model.user_vectors(catalog, torch.tensor([[0, 0, 1, 2, 3]]), torch.ones(1, 5).long())
     assert users.shape == (1, 16)
     # Rows 8 and 9 have no learned id: their vector comes from their text alone.
-    assert torch.allclose(catalog[8], model.items.adapter(text[8]))
+    # One row alone and a row of a batch may round differently in the last bits.
+    assert torch.allclose(catalog[8], model.items.adapter(text[8]), atol=1e-6)
 
 
 def test_collapse_history_keeps_first_position_and_any_purchase():

@@ -237,6 +237,7 @@ def test_health_and_read_api(settings, processed):
         "model_version",
         "event_ts",
         "generated_at",
+        "degraded",
     }
     assert set(body["items"][0]) == {
         "item_id",

@@ -28,6 +28,7 @@ from stream_app.security import faust_credentials
 logger = logging.getLogger(__name__)
 
 COVERAGE_INTERVAL_S = 10.0
+LAG_INTERVAL_S = 5.0
 
 
 class FaustPublisher:
@@ -158,6 +159,26 @@ def create_app(settings: Settings) -> faust.App:
             FaustPublisher(recommendations, interactions_dlq, worker.max_event_bytes),
         )
         await consume(stream, processor)
+
+    lag_labels: set[tuple[str, str]] = set()
+
+    @app.timer(interval=LAG_INTERVAL_S)
+    async def measure_lag() -> None:
+        """Lag of the input partitions this worker owns (dashboards, alerts, autoscaling)."""
+        inputs = (kafka.interactions_topic, kafka.items_topic)
+        owned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        ends = await app.consumer.highwaters(*owned) if owned else {}
+        current = set()
+        for tp in owned:
+            # Faust keeps the offset it last committed per partition (None: none yet).
+            committed = app.consumer._committed_offset.get(tp) or 0
+            labels = (tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, ends.get(tp, committed) - committed))
+            current.add(labels)
+        for labels in lag_labels - current:  # partitions moved to another worker
+            metrics.CONSUMER_LAG.remove(*labels)
+        lag_labels.clear()
+        lag_labels.update(current)
 
     @app.timer(interval=COVERAGE_INTERVAL_S)
     async def measure_coverage() -> None:

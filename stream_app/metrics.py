@@ -37,6 +37,13 @@ DLQ_EVENTS = Counter(
     ["topic", "reason"],
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "streamrec_stream_consumer_lag_messages",
+    "Messages in a partition this worker owns that the group has not committed yet (the"
+    " partition's end offset minus the group's committed offset).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "streamrec_stream_batch_size_events",
     "Events per micro-batch.",

@@ -219,6 +219,30 @@ def test_metrics_count_what_happened(settings, processed, events):
     assert total("streamrec_redis_request_duration_seconds_count", operation="append_batch") > 0
 
 
+def test_consumer_lag_is_measured_per_owned_partition_and_drains(settings, processed):
+    topic = settings.kafka.interactions_topic
+    url = f"http://127.0.0.1:{settings.worker.web_port}/metrics"
+
+    def lag_samples() -> list[str]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith("streamrec_stream_consumer_lag_messages{") and topic in line
+        ]
+
+    # One sample per partition (this worker owns them all), each back to 0 once the
+    # offsets of what was processed are committed.
+    assert wait_until(
+        lambda: (
+            len(lag_samples()) == settings.kafka.partitions
+            and all(line.endswith(" 0.0") for line in lag_samples())
+        ),
+        timeout_s=20,
+    ), lag_samples()
+
+
 def test_health_and_read_api(settings, processed):
     user = next(iter(processed["last_event"]))
     base = f"http://127.0.0.1:{settings.worker.web_port}"

@@ -17,8 +17,10 @@ help: ## list the targets
 
 setup: system-packages $(BIN)/.installed data models ## virtualenv, packages, data and models
 
-system-packages: ## Debian packages the local stack needs (redis-server)
-	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
+system-packages: ## Debian packages the local stack and tests need (redis-server; prometheus for promtool)
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null || ( \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server prometheus)
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

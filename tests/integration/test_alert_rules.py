@@ -1,0 +1,65 @@
+"""Alerting rules: valid for promtool, unit-tested by promtool, and naming only metrics
+that the code (worker and Triton model) really exports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream_app.metrics import REGISTRY
+
+pytestmark = pytest.mark.integration
+
+RULES = Path("deploy/prometheus")
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+PROMQL_WORDS = {"sum", "by", "and", "or", "rate", "deriv", "max", "histogram_quantile", "le"}
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is missing: `make system-packages` installs Debian's prometheus"
+    return subprocess.run([binary, *args], cwd=RULES, capture_output=True, text=True, timeout=60)
+
+
+def test_rules_pass_promtool_check_and_their_unit_tests():
+    checked = promtool("check", "rules", "alerts.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", "alerts_test.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (label names and values left out)."""
+    without_labels = re.sub(r"\{[^}]*\}", "", expr)
+    without_ranges = re.sub(r"\[[^\]]*\]", "", without_labels)
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges))
+    return {w for w in words if "_" in w and w not in PROMQL_WORDS} | (
+        {"up"} if re.search(r"\bup\b", without_ranges) else set()
+    )
+
+
+def exported_by_worker() -> set[str]:
+    names = set()
+    for family in REGISTRY.collect():
+        names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+def test_every_metric_the_rules_use_is_exported(stack_settings, catalog):
+    rules = yaml.safe_load((RULES / "alerts.yml").read_text())
+    used = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            used |= metric_names(rule["expr"])
+    url = f"http://127.0.0.1:{stack_settings.triton.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        triton = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", response.read().decode(), re.M))
+    exported = exported_by_worker() | triton | {"up"}  # `up`: Prometheus' own, per target
+    assert used - exported == set()
+    assert "streamrec_stream_consumer_lag_messages" in used  # the parser found names at all

@@ -154,6 +154,8 @@ class InteractionProcessor:
                 outcome.duplicates = len(valid) - len(first_time)
                 metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(outcome.duplicates)
                 _count_hits(first_time, updates)
+                for update in updates:
+                    metrics.HISTORY_LENGTH.observe(len(update.history))
                 lists, model, degraded = await self._recommend(updates)
                 messages = [
                     self._message(items, model, trigger[u.user_id], degraded)

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from stream_app.events import REASONS
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Latency buckets from 1 ms to 10 s: the hot path should sit well under 250 ms.
@@ -114,6 +116,12 @@ TRITON_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+HISTORY_LENGTH = Histogram(
+    "streamrec_redis_history_length_events",
+    "Events in a user's history after a batch updated it (capped by the history length).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
 REDIS_LATENCY = Histogram(
     "streamrec_redis_request_duration_seconds",
     "Redis round-trip latency, by operation and outcome.",
@@ -127,6 +135,14 @@ ERRORS = Counter(
     ["component"],
     registry=REGISTRY,
 )
+
+
+# Series of known label values exist from the start (at 0), so dashboards and alerts see
+# a rate of zero rather than no data.
+for _component in ("redis", "triton"):
+    ERRORS.labels(component=_component)
+for _reason in REASONS:
+    RECOMMENDED_ITEMS.labels(reason=_reason)
 
 
 @contextmanager

@@ -13,12 +13,12 @@ import pytest
 import yaml
 
 from stream_app.metrics import REGISTRY
+from tests.integration.promql import metric_names
 
 pytestmark = pytest.mark.integration
 
 RULES = Path("deploy/prometheus")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-PROMQL_WORDS = {"sum", "by", "and", "or", "rate", "deriv", "max", "histogram_quantile", "le"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -32,16 +32,6 @@ def test_rules_pass_promtool_check_and_their_unit_tests():
     assert checked.returncode == 0, checked.stdout + checked.stderr
     tested = promtool("test", "rules", "alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (label names and values left out)."""
-    without_labels = re.sub(r"\{[^}]*\}", "", expr)
-    without_ranges = re.sub(r"\[[^\]]*\]", "", without_labels)
-    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges))
-    return {w for w in words if "_" in w and w not in PROMQL_WORDS} | (
-        {"up"} if re.search(r"\bup\b", without_ranges) else set()
-    )
 
 
 def exported_by_worker() -> set[str]:

@@ -1,0 +1,367 @@
+"""Write StreamRec's Grafana dashboards (JSON, provisioning-ready) from one compact spec.
+
+    python dashboards/build.py        # rewrites dashboards/*.json; a test keeps them in sync
+
+Every panel queries Prometheus through the `datasource` variable; the queries are checked
+against a real Prometheus scraping the real stack (tests/integration/test_dashboards.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RATE = "$__rate_interval"
+GPU_ONLY = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
+"""Triton exports these only on GPU nodes; the CPU stack the tests run cannot show them."""
+
+
+def quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
+    """p50, p95 and p99 of a histogram (per ``by`` label when given)."""
+    group = f"le{', ' + by if by else ''}"
+    legend = f"{{{{{by}}}}} " if by else ""
+    buckets = f"sum by ({group}) (rate({metric}_bucket[{RATE}]))"
+    return [
+        (f"histogram_quantile({q}, {buckets})", f"{legend}p{int(q * 100)}")
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+# (dashboard uid, title, description, [(panel title, unit, [(expr, legend)], description)])
+DASHBOARDS = [
+    (
+        "streamrec-overview",
+        "StreamRec / pipeline overview",
+        "Events in, lists out: throughput, latency, batches, dead letters, lag.",
+        [
+            (
+                "Events consumed per second, by type",
+                "ops",
+                [
+                    (
+                        f"sum by (type) (rate(streamrec_stream_events_consumed_total[{RATE}]))",
+                        "{{type}}",
+                    )
+                ],
+                "Valid input events: click and purchase interactions, item upserts and removals.",
+            ),
+            (
+                "End-to-end latency (event in Kafka -> list published)",
+                "s",
+                quantiles("streamrec_recs_end_to_end_latency_seconds"),
+                "Target: p99 under 250 ms (alert StreamRecLatencyP99High).",
+            ),
+            (
+                "Lists published per second",
+                "ops",
+                [(f"sum(rate(streamrec_recs_published_total[{RATE}]))", "published")],
+                "",
+            ),
+            (
+                "Micro-batch size (events)",
+                "none",
+                quantiles("streamrec_stream_batch_size_events", by="topic"),
+                "Up to STREAMREC_WORKER__BATCH_MAX_EVENTS per batch.",
+            ),
+            (
+                "Batch processing time",
+                "s",
+                quantiles("streamrec_stream_batch_duration_seconds", by="topic"),
+                "",
+            ),
+            (
+                "Dead-lettered events per second, by reason",
+                "ops",
+                [
+                    (
+                        f"sum by (topic, reason) (rate(streamrec_stream_dlq_events_total[{RATE}]))",
+                        "{{topic}} {{reason}}",
+                    )
+                ],
+                "See the streamrec-reason header of the DLQ messages.",
+            ),
+            (
+                "Share of items not personal (fallback, trending) and degraded lists",
+                "percentunit",
+                [
+                    (
+                        f'sum(rate(streamrec_recs_items_total{{reason=~"fallback|trending"}}[{RATE}]))'
+                        f" / sum(rate(streamrec_recs_items_total[{RATE}]))",
+                        "not personal",
+                    ),
+                    (
+                        f"sum(rate(streamrec_recs_degraded_total[{RATE}]))"
+                        f" / sum(rate(streamrec_recs_published_total[{RATE}]))",
+                        "degraded lists",
+                    ),
+                ],
+                "Degraded: Triton was unavailable and trending stood in.",
+            ),
+            (
+                "Consumer lag by partition",
+                "short",
+                [
+                    (
+                        "sum by (topic, partition) (streamrec_stream_consumer_lag_messages)",
+                        "{{topic}}/{{partition}}",
+                    )
+                ],
+                "End offset minus the group's committed offset, per owned partition.",
+            ),
+        ],
+    ),
+    (
+        "streamrec-inference",
+        "StreamRec / inference (Triton)",
+        "Triton's own metrics for both models, and the worker's view of them.",
+        [
+            (
+                "Triton requests per second, by model",
+                "reqps",
+                [
+                    (
+                        f"sum by (model) (rate(nv_inference_request_success[{RATE}]))",
+                        "{{model}} ok",
+                    ),
+                    (
+                        f"sum by (model) (rate(nv_inference_request_failure[{RATE}]))",
+                        "{{model}} failed",
+                    ),
+                ],
+                "",
+            ),
+            (
+                "Queue and compute time per request",
+                "µs",
+                [
+                    (
+                        f"sum by (model) (rate(nv_inference_queue_duration_us[{RATE}]))"
+                        f" / sum by (model) (rate(nv_inference_request_success[{RATE}]))",
+                        "{{model}} queue",
+                    ),
+                    (
+                        f"sum by (model) (rate(nv_inference_compute_infer_duration_us[{RATE}]))"
+                        f" / sum by (model) (rate(nv_inference_request_success[{RATE}]))",
+                        "{{model}} compute",
+                    ),
+                ],
+                "",
+            ),
+            (
+                "Requests per model execution (Triton batch size)",
+                "none",
+                [
+                    (
+                        f"sum by (model) (rate(nv_inference_request_success[{RATE}]))"
+                        f" / sum by (model) (rate(nv_inference_exec_count[{RATE}]))",
+                        "{{model}}",
+                    )
+                ],
+                "Above 1 when Triton merges requests (dynamic batching).",
+            ),
+            (
+                "Worker -> Triton latency, by model",
+                "s",
+                quantiles("streamrec_triton_request_duration_seconds", by="model"),
+                "",
+            ),
+            (
+                "Worker -> Triton errors and circuit breaker",
+                "short",
+                [
+                    (
+                        "sum by (model) (rate(streamrec_triton_request_duration_seconds_count"
+                        f'{{outcome="error"}}[{RATE}]))',
+                        "{{model}} errors/s",
+                    ),
+                    ("max(streamrec_triton_breaker_open)", "breaker open"),
+                ],
+                "",
+            ),
+            (
+                "GPU utilisation and memory (GPU nodes only)",
+                "percentunit",
+                [
+                    ("avg by (gpu_uuid) (nv_gpu_utilization)", "{{gpu_uuid}} busy"),
+                    (
+                        "sum by (gpu_uuid) (nv_gpu_memory_used_bytes)"
+                        " / sum by (gpu_uuid) (nv_gpu_memory_total_bytes)",
+                        "{{gpu_uuid}} memory",
+                    ),
+                ],
+                "Empty on CPU-only Triton.",
+            ),
+        ],
+    ),
+    (
+        "streamrec-state",
+        "StreamRec / state (Redis)",
+        "Redis round trips by operation, retries, and what the histories hold.",
+        [
+            (
+                "Redis latency by operation",
+                "s",
+                quantiles("streamrec_redis_request_duration_seconds", by="operation"),
+                "",
+            ),
+            (
+                "Redis calls per second, by outcome",
+                "ops",
+                [
+                    (
+                        "sum by (operation, outcome)"
+                        f" (rate(streamrec_redis_request_duration_seconds_count[{RATE}]))",
+                        "{{operation}} {{outcome}}",
+                    )
+                ],
+                "",
+            ),
+            (
+                "History length after an update (events)",
+                "none",
+                quantiles("streamrec_redis_history_length_events"),
+                "Capped at STREAMREC_REDIS__HISTORY_LENGTH.",
+            ),
+            (
+                "Retried dependency failures per second",
+                "ops",
+                [
+                    (
+                        f"sum by (component) (rate(streamrec_worker_errors_total[{RATE}]))",
+                        "{{component}}",
+                    )
+                ],
+                "",
+            ),
+            (
+                "Redelivered (duplicate) events per second",
+                "ops",
+                [
+                    (
+                        f"sum by (topic) (rate(streamrec_stream_events_duplicate_total[{RATE}]))",
+                        "{{topic}}",
+                    )
+                ],
+                "Events applied before (a restart re-read them): changed nothing.",
+            ),
+        ],
+    ),
+    (
+        "streamrec-quality",
+        "StreamRec / online quality",
+        "Do people act on what they are shown? Hit rate, coverage, catalog freshness.",
+        [
+            (
+                "Hit rate (interactions with an item of the last list)",
+                "percentunit",
+                [
+                    (
+                        f"sum(rate(streamrec_quality_hits_total[{RATE}]))"
+                        f" / sum(rate(streamrec_quality_interactions_total[{RATE}]))",
+                        "hit rate",
+                    )
+                ],
+                "",
+            ),
+            (
+                "Hits per second, by position and reason",
+                "ops",
+                [
+                    (
+                        f"sum by (position, reason) (rate(streamrec_quality_hits_total[{RATE}]))",
+                        "{{position}} {{reason}}",
+                    )
+                ],
+                "",
+            ),
+            (
+                "Catalog coverage (distinct items recommended over the window)",
+                "percentunit",
+                [("max(streamrec_quality_catalog_coverage_ratio)", "coverage")],
+                "",
+            ),
+            (
+                "Distinct items recommended over the window",
+                "short",
+                [("max(streamrec_quality_recommended_items)", "items")],
+                "",
+            ),
+            (
+                "Items recommended per second, by reason",
+                "ops",
+                [(f"sum by (reason) (rate(streamrec_recs_items_total[{RATE}]))", "{{reason}}")],
+                "",
+            ),
+            (
+                "Catalog freshness (upsert in Kafka -> scorable)",
+                "s",
+                quantiles("streamrec_catalog_freshness_seconds"),
+                "Measured by each Triton recommender instance.",
+            ),
+        ],
+    ),
+]
+
+
+def panel(index: int, title: str, unit: str, targets, description: str) -> dict:
+    return {
+        "id": index + 1,
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+        "targets": [
+            {
+                "refId": chr(ord("A") + n),
+                "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                "expr": expr,
+                "legendFormat": legend,
+            }
+            for n, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def dashboard(uid: str, title: str, description: str, panels) -> dict:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["streamrec"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                }
+            ]
+        },
+        "panels": [panel(i, *spec) for i, spec in enumerate(panels)],
+    }
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text, for every dashboard."""
+    return {
+        f"{uid}.json": json.dumps(dashboard(uid, *rest), indent=2, ensure_ascii=False) + "\n"
+        for uid, *rest in DASHBOARDS
+    }
+
+
+if __name__ == "__main__":
+    for name, text in render().items():
+        (HERE / name).write_text(text)
+        print(f"wrote dashboards/{name}")

@@ -1,0 +1,171 @@
+"""Every dashboard query, evaluated by a real Prometheus scraping the real stack.
+
+A worker on topics of its own gets real traffic (interactions, a malformed event, an item
+upsert, a click on a recommended item); Prometheus (Debian's binary) scrapes it and
+Triton every second; then each panel's PromQL goes through Prometheus' HTTP API. A
+query that errors, or names a metric nobody exports, fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stream_app.demo import WorkerProcess
+from stream_app.devstack import ManagedProcess, free_port, http_ok
+from stream_app.kafka_io import ensure_topics
+from stream_app.probes import recommendations_after
+from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
+from tests.integration.conftest import VAR, unique, wait_until
+from tests.integration.promql import metric_names
+
+pytestmark = pytest.mark.integration
+
+DASHBOARDS = Path("dashboards")
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("dashboards_build", DASHBOARDS / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def panel_queries() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) for every target of every dashboard."""
+    queries = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            queries += [(path.name, panel["title"], t["expr"]) for t in panel["targets"]]
+    return queries
+
+
+def test_committed_dashboards_match_their_builder():
+    rendered = load_builder().render()
+    assert sorted(rendered) == sorted(p.name for p in DASHBOARDS.glob("*.json"))
+    for name, text in rendered.items():
+        assert (DASHBOARDS / name).read_text() == text, f"run `python dashboards/build.py` ({name})"
+
+
+def test_dashboards_are_provisioning_ready():
+    uids = set()
+    for path in DASHBOARDS.glob("*.json"):
+        board = json.loads(path.read_text())
+        assert board["uid"] not in uids
+        uids.add(board["uid"])
+        (variable,) = board["templating"]["list"]
+        assert (variable["name"], variable["type"]) == ("datasource", "datasource")
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] == "${datasource}"
+            assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack_settings, catalog, movielens):
+    name = unique("dash")
+    settings = stack_settings.model_copy(
+        update={
+            "kafka": stack_settings.kafka.model_copy(
+                update={
+                    "interactions_topic": f"{name}-interactions",
+                    "items_topic": f"{name}-items",
+                    "recommendations_topic": f"{name}-recommendations",
+                    "consumer_group": f"{name}-workers",
+                }
+            ),
+            "worker": stack_settings.worker.model_copy(
+                update={"web_port": free_port(), "data_dir": str(VAR / name)}
+            ),
+        }
+    )
+    ensure_topics(settings.kafka)
+    workdir = VAR / name
+    workdir.mkdir(parents=True)
+    port = free_port()
+    (workdir / "prometheus.yml").write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "streamrec-worker",
+                        "static_configs": [{"targets": [f"127.0.0.1:{settings.worker.web_port}"]}],
+                    },
+                    {
+                        "job_name": "streamrec-triton",
+                        "static_configs": [
+                            {"targets": [f"127.0.0.1:{settings.triton.metrics_port}"]}
+                        ],
+                    },
+                ],
+            }
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    server = ManagedProcess(
+        "prometheus",
+        [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        workdir / "prometheus.log",
+        probe=lambda: http_ok(f"{base}/-/ready"),
+    )
+    with WorkerProcess(settings, workdir / "worker.log"):
+        server.start()
+        server.wait_ready(30)
+        events = [
+            PlannedEvent(f"{name}-{e.user_id}", e.event_id, e.item_id, e.type)
+            for e in list(plan_events(movielens.ratings, run_id=name))[:400]
+        ]
+        replay(settings.kafka, events, progress=False)
+        produce_raw(settings.kafka, settings.kafka.interactions_topic, [(b"x", b"{oops")])
+        upsert = {"item_id": unique("dash-item"), "title": "New", "text": "A new film"}
+        produce_raw(
+            settings.kafka, settings.kafka.items_topic, [(None, json.dumps(upsert).encode())]
+        )
+        user = unique("dash-user")
+        shown = recommendations_after(settings.kafka, PlannedEvent(user, unique("e"), "1", "click"))
+        top = shown["items"][0]["item_id"]
+        recommendations_after(settings.kafka, PlannedEvent(user, unique("e"), top, "click"))
+        # Enough scrapes after the traffic for rate() over a minute to have two points.
+        assert wait_until(lambda: query(base, "streamrec_quality_hits_total") != [], 30)
+        time.sleep(3)
+        yield base
+        server.stop()
+
+
+def query(base: str, expr: str) -> list:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_every_panel_query_runs_and_names_only_exported_metrics(prometheus):
+    gpu_only = load_builder().GPU_ONLY
+    with urllib.request.urlopen(f"{prometheus}/api/v1/label/__name__/values", timeout=10) as r:
+        known = set(json.loads(r.read())["data"])
+    missing, empty = [], []
+    for board, title, expr in panel_queries():
+        result = query(prometheus, expr.replace("$__rate_interval", "1m"))
+        unknown = metric_names(expr) - known - gpu_only
+        if unknown:
+            missing.append((board, title, sorted(unknown)))
+        if not result:
+            empty.append((board, title))
+    assert missing == []
+    # Some panels are empty by nature here (no GPU; no degraded list in a healthy run);
+    # most must show data after this traffic.
+    print(f"{len(panel_queries()) - len(empty)} of {len(panel_queries())} queries returned data")
+    assert len(empty) <= len(panel_queries()) // 4, empty

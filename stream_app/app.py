@@ -167,7 +167,11 @@ def create_app(settings: Settings) -> faust.App:
         """Lag of the input partitions this worker owns (dashboards, alerts, autoscaling)."""
         inputs = (kafka.interactions_topic, kafka.items_topic)
         owned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
-        ends = await app.consumer.highwaters(*owned) if owned else {}
+        try:
+            ends = await app.consumer.highwaters(*owned) if owned else {}
+        except Exception as exc:  # noqa: BLE001  (a metric must never stop the worker)
+            logger.warning('consumer lag not measured error="%s"', exc)
+            return
         current = set()
         for tp in owned:
             # Faust keeps the offset it last committed per partition (None: none yet).

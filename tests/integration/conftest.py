@@ -77,6 +77,33 @@ def redis_sync(stack: DevStack, stack_settings: Settings) -> redis.Redis:
     return redis_client(stack_settings)
 
 
+def isolated(base: Settings, name: str = "rel", **groups: dict) -> Settings:
+    """The session stack's settings with topics, group and ports of one test (names start
+    with ``name``); ``groups`` override more settings. The Redis key prefix stays the
+    session's: the recommender reads the catalog there, and users of a run are unique."""
+    name = unique(name)
+    update = {
+        "kafka": {
+            "interactions_topic": f"{name}-interactions",
+            "items_topic": f"{name}-items",
+            "recommendations_topic": f"{name}-recommendations",
+            "consumer_group": f"{name}-workers",
+        },
+        "worker": {"web_port": free_port(), "data_dir": str(VAR / name)},
+    }
+    for group, values in groups.items():
+        update[group] = update.get(group, {}) | values
+    # Validated again (not model_copy'd) so that, say, a password file is read.
+    return base.model_copy(
+        update={
+            group: type(getattr(base, group)).model_validate(
+                getattr(base, group).model_dump() | values
+            )
+            for group, values in update.items()
+        }
+    )
+
+
 def wait_until(condition, timeout_s: float = 10.0) -> bool:
     """Poll ``condition`` until it holds or the timeout passes; returns its last answer."""
     deadline = time.monotonic() + timeout_s

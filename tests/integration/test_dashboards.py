@@ -23,7 +23,7 @@ from stream_app.devstack import ManagedProcess, free_port, http_ok
 from stream_app.kafka_io import ensure_topics
 from stream_app.probes import recommendations_after
 from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
-from tests.integration.conftest import VAR, unique, wait_until
+from tests.integration.conftest import VAR, isolated, unique, wait_until
 from tests.integration.promql import metric_names
 
 pytestmark = pytest.mark.integration
@@ -69,22 +69,8 @@ def test_dashboards_are_provisioning_ready():
 
 @pytest.fixture(scope="module")
 def prometheus(stack_settings, catalog, movielens):
-    name = unique("dash")
-    settings = stack_settings.model_copy(
-        update={
-            "kafka": stack_settings.kafka.model_copy(
-                update={
-                    "interactions_topic": f"{name}-interactions",
-                    "items_topic": f"{name}-items",
-                    "recommendations_topic": f"{name}-recommendations",
-                    "consumer_group": f"{name}-workers",
-                }
-            ),
-            "worker": stack_settings.worker.model_copy(
-                update={"web_port": free_port(), "data_dir": str(VAR / name)}
-            ),
-        }
-    )
+    settings = isolated(stack_settings, "dash")
+    name = unique("dash-run")  # Prometheus' directory, and this run's users
     ensure_topics(settings.kafka)
     workdir = VAR / name
     workdir.mkdir(parents=True)

@@ -24,13 +24,12 @@ from stream_app import probes
 from stream_app.catalog import CatalogItem, CatalogStore
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess
-from stream_app.devstack import free_port
 from stream_app.history import HistoryStore
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.privacy import Pseudonymiser
 from stream_app.probes import metric_sum, scrape
 from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
-from tests.integration.conftest import VAR, unique, wait_until
+from tests.integration.conftest import VAR, isolated, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,23 +54,7 @@ MALFORMED = {
 
 @pytest.fixture(scope="module")
 def settings(stack_settings: Settings, catalog: int) -> Settings:
-    name = unique("it")
-    return stack_settings.model_copy(
-        update={
-            "kafka": stack_settings.kafka.model_copy(
-                update={
-                    "interactions_topic": f"{name}-interactions",
-                    "items_topic": f"{name}-items",
-                    "recommendations_topic": f"{name}-recommendations",
-                    "consumer_group": f"{name}-workers",
-                }
-            ),
-            "redis": stack_settings.redis.model_copy(update={"history_length": HISTORY_LENGTH}),
-            "worker": stack_settings.worker.model_copy(
-                update={"web_port": free_port(), "data_dir": str(VAR / name)}
-            ),
-        }
-    )
+    return isolated(stack_settings, "it", redis={"history_length": HISTORY_LENGTH})
 
 
 @pytest.fixture(scope="module")

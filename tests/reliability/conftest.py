@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from stream_app.catalog import redis_client
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess
-from stream_app.devstack import ManagedProcess, free_port, port_open
+from stream_app.devstack import ManagedProcess, port_open
 from stream_app.history import HistoryStore
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.privacy import Pseudonymiser
@@ -33,6 +33,7 @@ from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
 from tests.integration.conftest import (  # noqa: F401  (session fixtures shared with integration/)
     VAR,
     catalog,
+    isolated,
     movielens,
     redis_sync,
     stack,
@@ -41,33 +42,6 @@ from tests.integration.conftest import (  # noqa: F401  (session fixtures shared
 )
 
 RESULTS = Path("var/reliability/results.jsonl")
-
-
-def isolated(base: Settings, **groups: dict) -> Settings:
-    """The session stack's settings with topics, group and ports of one test. The Redis
-    key prefix stays the session's: the recommender reads the catalog there, and users
-    of this run are unique anyway."""
-    name = unique("rel")
-    update = {
-        "kafka": {
-            "interactions_topic": f"{name}-interactions",
-            "items_topic": f"{name}-items",
-            "recommendations_topic": f"{name}-recommendations",
-            "consumer_group": f"{name}-workers",
-        },
-        "worker": {"web_port": free_port(), "data_dir": str(VAR / name)},
-    }
-    for group, values in groups.items():
-        update[group] = update.get(group, {}) | values
-    # Validated again (not model_copy'd) so that, say, a password file is read.
-    return base.model_copy(
-        update={
-            group: type(getattr(base, group)).model_validate(
-                getattr(base, group).model_dump() | values
-            )
-            for group, values in update.items()
-        }
-    )
 
 
 def worker(settings: Settings, name: str, web_port: int | None = None) -> WorkerProcess:
@@ -230,19 +204,12 @@ def produce_probes(settings: Settings, users: int = 8) -> list[PlannedEvent]:
 
 
 def seconds_until_answered(
-    settings: Settings, probes: list[PlannedEvent], since: float, timeout_s: float, accept=None
+    settings: Settings, probes: list[PlannedEvent], since: float, timeout_s: float
 ) -> float:
-    """Seconds from ``since`` (time.monotonic) until every probe event got a list that
-    ``accept`` takes (default: any)."""
+    """Seconds from ``since`` (time.monotonic) until every probe event got a list."""
     wanted = {p.event_id for p in probes}
-    accept = accept or (lambda message: True)
-
-    def answered(messages) -> bool:
-        bodies = [json.loads(m.value()) for m in messages]
-        return wanted <= {b["trigger_event_id"] for b in bodies if accept(b)}
-
     with TopicReader(settings.kafka, settings.kafka.recommendations_topic) as reader:
-        if not reader.read_until(answered, timeout_s):
+        if not reader.read_until(lambda messages: wanted <= triggers(messages), timeout_s):
             raise AssertionError(f"probes not answered within {timeout_s} s")
     return time.monotonic() - since
 

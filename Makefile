@@ -10,7 +10,7 @@ ONNX_MODEL := model_repository/item_embedder/1/model.onnx
 HEAD := model_repository/recommender/2/head.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up test test-reliability test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up bench test test-reliability test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ system-packages: ## Debian packages the local stack and tests need (redis-server
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
 data: $(RECBOLE_WHEEL) ## MovieLens-100k (inside the recbole wheel; never installed)
@@ -49,6 +49,9 @@ evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVIC
 
 demo: setup $(HEAD) ## train the head once (~5 min), then start the local stack, run a worker and a short replay, print live results
 	$(BIN)/streamrec demo
+
+bench: setup $(HEAD) ## pipeline benchmark on the local stack vs a naive baseline (~5 min); writes bench/results/pipeline/
+	$(BIN)/streamrec bench --profile
 
 up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)
 	$(BIN)/streamrec up

@@ -61,9 +61,10 @@ class FaustPublisher:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
-        # send() coroutines queue the message; the futures they return resolve on delivery.
-        deliveries = await asyncio.gather(*pending)
-        await asyncio.gather(*deliveries)
+        with metrics.KAFKA_PUBLISH.time():
+            # send() coroutines queue the message; the futures they return resolve on delivery.
+            deliveries = await asyncio.gather(*pending)
+            await asyncio.gather(*deliveries)
 
 
 def create_app(settings: Settings) -> faust.App:

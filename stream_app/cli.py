@@ -1,4 +1,4 @@
-"""``streamrec`` command line: up | worker | catalog | replay | export | demo."""
+"""``streamrec`` command line: up | worker | catalog | replay | export | demo | bench."""
 
 from __future__ import annotations
 
@@ -108,6 +108,21 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     run_demo(settings, events=args.events, rate_per_s=args.rate)
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:
+    from bench.pipeline import run_bench
+
+    run_bench(
+        settings,
+        events=args.events,
+        users=args.users,
+        rate=args.rate,
+        latency_s=args.latency_s,
+        naive_events=args.naive_events,
+        profile=args.profile,
+        out=args.out,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="streamrec", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -125,6 +140,18 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="stack + worker + short replay, prints live results")
     demo.add_argument("--events", type=int, default=3000, help="events to replay")
     demo.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    bench = sub.add_parser("bench", help="pipeline benchmark vs a naive baseline (make bench)")
+    bench.add_argument("--events", type=int, default=50_000, help="events at full speed")
+    bench.add_argument("--users", type=int, default=1000, help="distinct users")
+    bench.add_argument(
+        "--rate", type=float, default=None, help="skip full speed; latency at this rate"
+    )
+    bench.add_argument(
+        "--latency-s", type=float, default=20.0, help="length of the fixed-rate phase"
+    )
+    bench.add_argument("--naive-events", type=int, default=1000, help="0 skips the baseline")
+    bench.add_argument("--profile", action="store_true", help="py-spy the worker at full speed")
+    bench.add_argument("--out", type=Path, default=Path("bench/results/pipeline"))
     return root
 
 
@@ -137,6 +164,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "bench": cmd_bench,
 }
 
 

@@ -68,6 +68,10 @@ class WorkerProcess:
         self._process.wait_ready(ready_timeout_s)
         return self
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def log_tail(self, lines: int = 40) -> str:
         return self._process.log_tail(lines)
 

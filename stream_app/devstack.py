@@ -73,6 +73,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def isolated(base: Settings, name: str, data_root: Path, **groups: dict) -> Settings:
+    """``base`` with the topics, consumer group, web port and data directory of one run
+    (names start with ``name``), so runs on one stack never read each other's events;
+    ``groups`` override more settings. The Redis key prefix stays: the recommender reads
+    the catalog there."""
+    update = {
+        "kafka": {
+            "interactions_topic": f"{name}-interactions",
+            "items_topic": f"{name}-items",
+            "recommendations_topic": f"{name}-recommendations",
+            "consumer_group": f"{name}-workers",
+        },
+        "worker": {"web_port": free_port(), "data_dir": str(data_root / name)},
+    }
+    for group, values in groups.items():
+        update[group] = update.get(group, {}) | values
+    # Validated again (not model_copy'd) so that, say, a password file is read.
+    return base.model_copy(
+        update={
+            group: type(getattr(base, group)).model_validate(
+                getattr(base, group).model_dump() | values
+            )
+            for group, values in update.items()
+        }
+    )
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """Whether something accepts TCP connections at host:port."""
     try:

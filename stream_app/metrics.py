@@ -129,6 +129,12 @@ REDIS_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+KAFKA_PUBLISH = Histogram(
+    "streamrec_kafka_publish_duration_seconds",
+    "Time a batch waits for its outputs (recommendations, dead letters) to be acknowledged.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 ERRORS = Counter(
     "streamrec_worker_errors_total",
     "Failures of a dependency call that were retried, by component.",

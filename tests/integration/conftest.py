@@ -22,6 +22,7 @@ from stream_app.catalog import redis_client
 from stream_app.catalog_loader import load_catalog
 from stream_app.config import Settings
 from stream_app.devstack import DevStack, free_port
+from stream_app.devstack import isolated as devstack_isolated
 
 VAR = Path("var/test")
 
@@ -79,29 +80,8 @@ def redis_sync(stack: DevStack, stack_settings: Settings) -> redis.Redis:
 
 def isolated(base: Settings, name: str = "rel", **groups: dict) -> Settings:
     """The session stack's settings with topics, group and ports of one test (names start
-    with ``name``); ``groups`` override more settings. The Redis key prefix stays the
-    session's: the recommender reads the catalog there, and users of a run are unique."""
-    name = unique(name)
-    update = {
-        "kafka": {
-            "interactions_topic": f"{name}-interactions",
-            "items_topic": f"{name}-items",
-            "recommendations_topic": f"{name}-recommendations",
-            "consumer_group": f"{name}-workers",
-        },
-        "worker": {"web_port": free_port(), "data_dir": str(VAR / name)},
-    }
-    for group, values in groups.items():
-        update[group] = update.get(group, {}) | values
-    # Validated again (not model_copy'd) so that, say, a password file is read.
-    return base.model_copy(
-        update={
-            group: type(getattr(base, group)).model_validate(
-                getattr(base, group).model_dump() | values
-            )
-            for group, values in update.items()
-        }
-    )
+    with ``name``); see devstack.isolated."""
+    return devstack_isolated(base, unique(name), VAR, **groups)
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> bool:

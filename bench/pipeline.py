@@ -1,0 +1,378 @@
+"""``streamrec bench``: the whole pipeline on the real local stack, against a naive baseline.
+
+Phases, each on its own topics and users (one stack, started if needed):
+1. throughput: N events for U users produced at full speed into a warmed-up worker;
+   sustained events/s = N / (first produce .. recommendation for every user's last event);
+2. latency: events at a fixed rate (default: half of phase 1's rate) for a while;
+   end-to-end latency = the recommendation's Kafka timestamp - the event's (both stamped
+   on this machine), read by a consumer of the output topic;
+3. naive: ``bench.naive`` (one event at a time, one Redis call per operation, one
+   synchronous Triton HTTP request per event) on a backlog of events; its events/s.
+The worker's own metrics give the time split; psutil gives CPU seconds per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.profile import Profiler
+from bench.report import percentile, write_report
+from serving.data import load_movielens
+from stream_app.config import Settings
+from stream_app.demo import WorkerProcess, prepare_stack, settings_env
+from stream_app.devstack import isolated
+from stream_app.kafka_io import TopicReader, ensure_topics
+from stream_app.probes import metric_sum
+from stream_app.replay import PlannedEvent, replay
+
+VAR = Path("var/bench")
+PURCHASE_SHARE = 0.2
+WORKER_METRICS = {
+    # name in the table: the worker histogram whose _sum is time spent there
+    "batch": ("streamrec_stream_batch_duration_seconds_sum", {"type": None}),
+    "redis": ("streamrec_redis_request_duration_seconds_sum", {}),
+    "triton": ("streamrec_triton_request_duration_seconds_sum", {}),
+    "kafka publish": ("streamrec_kafka_publish_duration_seconds_sum", {}),
+}
+
+
+@dataclass
+class Phase:
+    name: str
+    events: int
+    seconds: float
+    recommendations: int
+    latencies_s: list[float] = field(repr=False, default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    split_s: dict[str, float] = field(default_factory=dict)
+    target_rate: float | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def latency_ms(self) -> dict[str, float]:
+        return {f"p{q}": percentile(self.latencies_s, q) * 1000 for q in (50, 95, 99)} | {
+            "max": max(self.latencies_s, default=float("nan")) * 1000
+        }
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        del out["latencies_s"]
+        return out | {
+            "events_per_s": self.events_per_s,
+            "recommendations_per_s": self.recommendations / self.seconds if self.seconds else 0,
+            "latency_ms": self.latency_ms() if self.latencies_s else {},
+            "cpu_ms_per_event": {k: 1000 * v / self.events for k, v in self.cpu_s.items()},
+        }
+
+
+def plan(n: int, users: int, run: str, items: list[str], seed: int = 0) -> list[PlannedEvent]:
+    """n events of ``users`` users; items drawn like MovieLens' ratings (popular ones more)."""
+    rng = random.Random(seed)
+    return [
+        PlannedEvent(
+            f"{run}-u{rng.randrange(users)}",
+            f"{run}-e{i}",
+            rng.choice(items),
+            "purchase" if rng.random() < PURCHASE_SHARE else "click",
+        )
+        for i in range(n)
+    ]
+
+
+class OutputReader:
+    """Reads the recommendations topic in a thread: per trigger event, the Kafka timestamp."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
+        self.written_at: dict[str, float] = {}  # trigger event id -> list's Kafka timestamp
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        consumer = self._reader._consumer
+        while not self._stop.is_set():
+            for message in consumer.consume(1000, timeout=0.2):
+                if message.error() is None:
+                    trigger = json.loads(message.value())["trigger_event_id"]
+                    self.written_at[trigger] = message.timestamp()[1] / 1000
+
+    def wait_for(self, event_ids: set[str], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not event_ids <= self.written_at.keys():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._reader.close()
+
+
+class Sampler:
+    """CPU seconds of the stack's processes, and the worker's own timing metrics."""
+
+    def __init__(self, settings: Settings, worker_pid: int | None) -> None:
+        self._settings = settings
+        self._pids = {
+            "worker": worker_pid,
+            "triton": _listener_pid(settings.triton.grpc_port),
+            "broker": _listener_pid(int(settings.kafka.bootstrap.rsplit(":", 1)[1])),
+            "redis": _listener_pid(_redis_port(settings.redis.url)),
+        }
+
+    def take(self) -> dict[str, float]:
+        sample = {name: _tree_cpu_s(pid) for name, pid in self._pids.items() if pid}
+        if self._pids["worker"]:
+            url = f"http://127.0.0.1:{self._settings.worker.web_port}/metrics"
+            text = _get(url)
+            topic = self._settings.kafka.interactions_topic
+            for name, (metric, _) in WORKER_METRICS.items():
+                labels = {"topic": topic} if name == "batch" else {}
+                sample["t:" + name] = metric_sum(text, metric, **labels)
+        return sample
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> tuple[dict, dict]:
+        cpu, split = {}, {}
+        for key in after:
+            value = after[key] - before.get(key, 0.0)
+            if key.startswith("t:"):
+                split[key[2:]] = value
+            else:
+                cpu[key] = value
+        if cpu:
+            cpu["total"] = sum(cpu.values())
+        return cpu, split
+
+
+def run_bench(
+    settings: Settings,
+    events: int = 50_000,
+    users: int = 1000,
+    rate: float | None = None,
+    latency_s: float = 20.0,
+    naive_events: int = 1000,
+    profile: bool = False,
+    out: Path = Path("bench/results/pipeline"),
+) -> dict:
+    run = f"bench-{uuid.uuid4().hex[:6]}"
+    items = [r.item_id for r in load_movielens().ratings]
+    phases: list[Phase] = []
+    profile_top: list[str] = []
+    with prepare_stack(settings):
+        opt = isolated(settings, f"{run}-opt", VAR)
+        ensure_topics(opt.kafka)
+        with WorkerProcess(opt, VAR / f"{run}-worker.log") as worker:
+            warm = plan(2000, users, f"{run}-warm", items, seed=1)
+            _produce_and_wait(opt, warm, None, timeout_s=120)
+            if rate is None:
+                profiler = Profiler(worker.pid) if profile else None
+                phases.append(
+                    _measure(
+                        opt,
+                        worker.pid,
+                        "optimised, full speed",
+                        plan(events, users, run, items),
+                        None,
+                        profiler,
+                    )
+                )
+                if profiler:
+                    profile_top = profiler.stop(out / "profile")
+                rate = phases[-1].events_per_s / 2
+            n = max(1, int(rate * latency_s))
+            phases.append(
+                _measure(
+                    opt,
+                    worker.pid,
+                    "optimised, fixed rate",
+                    plan(n, users, f"{run}-rate", items, 2),
+                    rate,
+                )
+            )
+        if naive_events:
+            phases.append(
+                _naive(settings, run, plan(naive_events, users, f"{run}-naive", items, 3))
+            )
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "streamrec bench " + " ".join(sys.argv[2:]),
+        "machine": machine(),
+        "settings": {
+            "batch_max_events": settings.worker.batch_max_events,
+            "batch_window_ms": settings.worker.batch_window_ms,
+            "partitions": settings.kafka.partitions,
+            "users": users,
+        },
+        "phases": [p.summary() for p in phases],
+        "profile_top": profile_top,
+    }
+    write_report(result, phases, out)
+    return result
+
+
+def _produce_and_wait(
+    settings: Settings, events: list[PlannedEvent], rate: float | None, timeout_s: float
+) -> tuple[OutputReader, float, float]:
+    """Produce, then wait until every user's last event triggered a list.
+
+    Returns the reader, when producing started and when the last list was written."""
+    reader = OutputReader(settings)
+    last = {e.user_id: e.event_id for e in events}
+    started = time.time()
+    replay(settings.kafka, events, rate_per_s=rate)
+    if not reader.wait_for(set(last.values()), timeout_s):
+        reader.close()
+        raise TimeoutError(f"the worker did not answer every user within {timeout_s} s")
+    finished = max(reader.written_at[e] for e in last.values())
+    reader.close()
+    return reader, started, finished
+
+
+def _measure(
+    settings: Settings,
+    worker_pid: int,
+    name: str,
+    events: list[PlannedEvent],
+    rate: float | None,
+    profiler=None,
+) -> Phase:
+    print(f"\n{name}: {len(events)} events" + (f" at {rate:,.0f}/s" if rate else ""), flush=True)
+    sampler = Sampler(settings, worker_pid)
+    before = sampler.take()
+    if profiler:
+        profiler.start()
+    timeout = 120 + len(events) / 200
+    reader, started, finished = _produce_and_wait(settings, events, rate, timeout)
+    cpu, split = sampler.delta(before, sampler.take())
+    ours = {e.event_id: e for e in events}
+    produced = _produced_at(settings, ours)
+    # The topic also holds earlier phases' lists: only this phase's triggers count.
+    triggers = [i for i in reader.written_at if i in produced]
+    latencies = [reader.written_at[i] - produced[i] for i in triggers]
+    return Phase(
+        name=name,
+        events=len(events),
+        seconds=finished - started,
+        recommendations=len(triggers),
+        latencies_s=latencies,
+        cpu_s=cpu,
+        split_s=split | {"wall": finished - started},
+        target_rate=rate,
+    )
+
+
+def _produced_at(settings: Settings, ours: dict[str, PlannedEvent]) -> dict[str, float]:
+    """Each of our events' timestamp as it sits in Kafka (the moment it was produced)."""
+    reader = TopicReader(settings.kafka, settings.kafka.interactions_topic)
+    produced = {}
+    for message in reader.drain(quiet_s=1.0):
+        event_id = json.loads(message.value())["event_id"]
+        if event_id in ours:
+            produced[event_id] = message.timestamp()[1] / 1000
+    reader.close()
+    return produced
+
+
+def _naive(settings: Settings, run: str, events: list[PlannedEvent]) -> Phase:
+    print(f"\nnaive baseline: {len(events)} events", flush=True)
+    naive = isolated(settings, f"{run}-naive", VAR)
+    ensure_topics(naive.kafka)
+    replay(naive.kafka, events)  # a backlog: the baseline runs as fast as it can
+    sampler = Sampler(naive, None)
+    before = sampler.take()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.naive", "--events", str(len(events))],
+        env=os.environ | settings_env(naive),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    process = psutil.Process(child.pid)
+    cpu_child = 0.0
+    while child.poll() is None:
+        try:
+            times = process.cpu_times()
+            cpu_child = times.user + times.system
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    output = child.stdout.read().strip().splitlines()
+    if child.returncode != 0 or not output:
+        raise RuntimeError(f"naive baseline failed (exit {child.returncode})")
+    measured = json.loads(output[-1])
+    cpu, _ = sampler.delta(before, sampler.take())
+    cpu["worker"] = cpu_child
+    cpu["total"] = sum(v for k, v in cpu.items() if k != "total")
+    return Phase(
+        name="naive baseline",
+        events=measured["events"],
+        seconds=measured["seconds"],
+        recommendations=measured["events"],
+        cpu_s=cpu,
+    )
+
+
+def machine() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+    }
+
+
+def _listener_pid(port: int) -> int | None:
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            return connection.pid
+    return None
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live children (Triton's python backend stubs)."""
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _redis_port(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).port or 6379
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()

@@ -1,0 +1,71 @@
+"""The benchmark's own arithmetic: percentiles, the event plan, the profile summary, the
+verdicts and time split it prints. (The benchmark itself runs with `make bench`.)"""
+
+from __future__ import annotations
+
+import math
+
+from bench.pipeline import plan
+from bench.profile import top_functions
+from bench.report import percentile, split_table, verdicts
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([3.0], 99) == 3.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_plan_is_reproducible_and_keeps_to_its_users():
+    items = ["1", "1", "1", "2"]
+    events = plan(2000, users=7, run="r", items=items, seed=4)
+    assert events == plan(2000, users=7, run="r", items=items, seed=4)
+    assert len({e.event_id for e in events}) == 2000
+    assert {e.user_id for e in events} == {f"r-u{i}" for i in range(7)}
+    share_popular = sum(e.item_id == "1" for e in events) / len(events)
+    assert 0.7 < share_popular < 0.8  # drawn like the ratings list
+    assert 0.15 < sum(e.type == "purchase" for e in events) / len(events) < 0.25
+
+
+def test_top_functions_counts_self_and_inclusive_samples():
+    collapsed = "\n".join(
+        [
+            "main (app.py:1);process (agents.py:10);loads (json.py:5) 30",
+            "main (app.py:1);process (agents.py:10) 50",
+            "main (app.py:1);send (kafka.py:3) 20",
+        ]
+    )
+    rows = top_functions(collapsed)
+    assert rows[2] == "| 50.0 | 80.0 | `process (agents.py:10)` |"
+    assert rows[3] == "| 30.0 | 30.0 | `loads (json.py:5)` |"
+    assert "`main (app.py:1)`" not in "".join(rows)  # never the running frame
+
+
+def phase(name, events_per_s, p99=None, rate=None, split=None):
+    return {
+        "name": name,
+        "events_per_s": events_per_s,
+        "latency_ms": {"p99": p99} if p99 is not None else {},
+        "target_rate": rate,
+        "split_s": split or {},
+    }
+
+
+def test_verdicts_state_the_ratio_and_the_latency_target():
+    lines = verdicts(
+        [
+            phase("optimised, full speed", 1200.0),
+            phase("optimised, fixed rate", 600.0, p99=300.0, rate=600.0),
+            phase("naive baseline", 100.0),
+        ]
+    )
+    assert "**12.0x** (target 10x: met)" in lines[0]
+    assert "p99 **300 ms** (target < 250 ms: NOT met)" in lines[1]
+
+
+def test_split_table_shares_of_wall_time():
+    split = {"wall": 10.0, "batch": 8.0, "redis": 2.0, "triton": 3.0, "kafka publish": 1.0}
+    (row,) = split_table([phase("optimised, full speed", 1.0, split=split)])[4:]
+    assert row == "| optimised, full speed | 20% | 30% | 10% | 20% | 20% |"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from stream_app.errors import InvalidEvent
@@ -108,8 +108,10 @@ class Recommendations:
     def to_json(self, with_caller_ids: bool = True) -> bytes:
         """The output message. The copy kept in Redis leaves out the ids the caller chose
         (user id, trigger event id: event ids are often built from user ids)."""
-        body = {"schema_version": SCHEMA_VERSION, **asdict(self)}
-        body["items"] = [asdict(i) for i in self.items]
+        # vars(), not asdict(): asdict deep-copies every field and was the worker's
+        # largest single cost at full speed (bench/results/pipeline). Field order is kept.
+        body = {"schema_version": SCHEMA_VERSION, **vars(self)}
+        body["items"] = [vars(i) for i in self.items]
         if not with_caller_ids:
             del body["user_id"], body["trigger_event_id"]
         return json.dumps(body, separators=(",", ":")).encode()

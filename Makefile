@@ -10,7 +10,7 @@ ONNX_MODEL := model_repository/item_embedder/1/model.onnx
 HEAD := model_repository/recommender/2/head.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up bench test test-reliability test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up bench bench-inference test test-reliability test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ system-packages: ## Debian packages the local stack and tests need (redis-server
 	@command -v redis-server >/dev/null && command -v promtool >/dev/null || ( \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends redis-server prometheus)
+
+chart-tools: ## helm and the offline manifest validators the Helm chart's tests use, into .tools/ (~10 s once)
+	PYTHON=$(PYTHON) bash scripts/install_chart_tools.sh
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,10 +56,13 @@ demo: setup $(HEAD) ## train the head once (~5 min), then start the local stack,
 bench: setup $(HEAD) ## pipeline benchmark on the local stack vs a naive baseline (~5 min); writes bench/results/pipeline/
 	$(BIN)/streamrec bench --profile
 
+bench-inference: setup ## inference micro-benchmarks: recommender vs catalog size (exact, ANN), encoder (ORT, INT8), via Triton (~15 min); writes bench/results/inference/
+	$(BIN)/python -m bench.inference_speed
+
 up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)
 	$(BIN)/streamrec up
 
-test: setup ## unit, integration and the fast reliability tests on real servers (~3 min)
+test: setup chart-tools ## unit, integration and the fast reliability tests on real servers (~3 min)
 	$(BIN)/python -m pytest tests -m "not slow"
 
 test-reliability: setup ## every reliability scenario (kills, outages; ~5 min), then its table
@@ -64,7 +70,7 @@ test-reliability: setup ## every reliability scenario (kills, outages; ~5 min), 
 	$(BIN)/python -m pytest tests/reliability
 	$(BIN)/python -m tests.reliability.report
 
-test-unit: $(BIN)/.installed ## unit tests only (no servers)
+test-unit: $(BIN)/.installed chart-tools ## unit tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(BIN)/.installed ## ruff
@@ -72,3 +78,4 @@ lint: $(BIN)/.installed ## ruff
 
 clean: ## remove generated files (virtualenv, data, models, var/)
 	rm -rf $(VENV) data var $(ONNX_MODEL) model_repository/item_embedder/1/tokenizer.json
+	rm -rf .tools deploy/helm/validate/node_modules

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,17 +40,19 @@ from stream_app.replay import PlannedEvent, replay
 VAR = Path("var/bench")
 PURCHASE_SHARE = 0.2
 WORKER_METRICS = {
-    # name in the table: the worker histogram whose _sum is time spent there
-    "batch": ("streamrec_stream_batch_duration_seconds_sum", {"type": None}),
-    "redis": ("streamrec_redis_request_duration_seconds_sum", {}),
-    "triton": ("streamrec_triton_request_duration_seconds_sum", {}),
-    "kafka publish": ("streamrec_kafka_publish_duration_seconds_sum", {}),
+    # name in the table: the worker metric that sums the time spent there (or counts)
+    "batch": "streamrec_stream_batch_duration_seconds_sum",
+    "batches": "streamrec_stream_batch_duration_seconds_count",
+    "redis": "streamrec_redis_request_duration_seconds_sum",
+    "triton": "streamrec_triton_request_duration_seconds_sum",
+    "kafka publish": "streamrec_kafka_publish_duration_seconds_sum",
 }
 
 
 @dataclass
 class Phase:
-    name: str
+    kind: str  # "full speed", "fixed rate" or "naive baseline"
+    workers: int
     events: int
     seconds: float
     recommendations: int
@@ -125,12 +128,12 @@ class OutputReader:
 
 
 class Sampler:
-    """CPU seconds of the stack's processes, and the worker's own timing metrics."""
+    """CPU seconds of the stack's processes, and the workers' own timing metrics (summed)."""
 
-    def __init__(self, settings: Settings, worker_pid: int | None) -> None:
+    def __init__(self, settings: Settings, workers: list[WorkerProcess]) -> None:
         self._settings = settings
+        self._workers = workers
         self._pids = {
-            "worker": worker_pid,
             "triton": _listener_pid(settings.triton.grpc_port),
             "broker": _listener_pid(int(settings.kafka.bootstrap.rsplit(":", 1)[1])),
             "redis": _listener_pid(_redis_port(settings.redis.url)),
@@ -138,13 +141,16 @@ class Sampler:
 
     def take(self) -> dict[str, float]:
         sample = {name: _tree_cpu_s(pid) for name, pid in self._pids.items() if pid}
-        if self._pids["worker"]:
-            url = f"http://127.0.0.1:{self._settings.worker.web_port}/metrics"
-            text = _get(url)
-            topic = self._settings.kafka.interactions_topic
-            for name, (metric, _) in WORKER_METRICS.items():
-                labels = {"topic": topic} if name == "batch" else {}
-                sample["t:" + name] = metric_sum(text, metric, **labels)
+        if not self._workers:
+            return sample
+        sample["worker"] = sum(_tree_cpu_s(w.pid) for w in self._workers)
+        topic = self._settings.kafka.interactions_topic
+        for worker in self._workers:
+            text = _get(f"http://127.0.0.1:{worker.web_port}/metrics")
+            for name, metric in WORKER_METRICS.items():
+                labels = {"topic": topic} if name.startswith("batch") else {}
+                key = "t:" + name
+                sample[key] = sample.get(key, 0.0) + metric_sum(text, metric, **labels)
         return sample
 
     @staticmethod
@@ -168,6 +174,7 @@ def run_bench(
     rate: float | None = None,
     latency_s: float = 20.0,
     naive_events: int = 1000,
+    workers: int = 1,
     profile: bool = False,
     out: Path = Path("bench/results/pipeline"),
 ) -> dict:
@@ -175,47 +182,34 @@ def run_bench(
     items = [r.item_id for r in load_movielens().ratings]
     phases: list[Phase] = []
     profile_top: list[str] = []
-    with prepare_stack(settings):
+    with prepare_stack(settings), ExitStack() as running:
         opt = isolated(settings, f"{run}-opt", VAR)
         ensure_topics(opt.kafka)
-        with WorkerProcess(opt, VAR / f"{run}-worker.log") as worker:
-            warm = plan(2000, users, f"{run}-warm", items, seed=1)
-            _produce_and_wait(opt, warm, None, timeout_s=120)
-            if rate is None:
-                profiler = Profiler(worker.pid) if profile else None
-                phases.append(
-                    _measure(
-                        opt,
-                        worker.pid,
-                        "optimised, full speed",
-                        plan(events, users, run, items),
-                        None,
-                        profiler,
-                    )
-                )
-                if profiler:
-                    profile_top = profiler.stop(out / "profile")
-                rate = phases[-1].events_per_s / 2
-            n = max(1, int(rate * latency_s))
-            phases.append(
-                _measure(
-                    opt,
-                    worker.pid,
-                    "optimised, fixed rate",
-                    plan(n, users, f"{run}-rate", items, 2),
-                    rate,
-                )
-            )
+        pool = [running.enter_context(_worker(opt, f"{run}-{i}")) for i in range(max(1, workers))]
+        warm = plan(2000, users, f"{run}-warm", items, seed=1)
+        _produce_and_wait(opt, warm, None, timeout_s=120)
+        if rate is None:
+            profiler = Profiler(pool[0].pid) if profile else None
+            full = plan(events, users, run, items)
+            phases.append(_measure(opt, pool, "full speed", full, None, profiler))
+            if profiler:
+                profile_top = profiler.stop(out / "profile")
+            rate = phases[-1].events_per_s / 2
+        rated = plan(max(1, int(rate * latency_s)), users, f"{run}-rate", items, 2)
+        phases.append(_measure(opt, pool, "fixed rate", rated, rate))
+        running.close()  # the workers stop before the baseline runs
         if naive_events:
-            phases.append(
-                _naive(settings, run, plan(naive_events, users, f"{run}-naive", items, 3))
-            )
+            naive = plan(naive_events, users, f"{run}-naive", items, 3)
+            phases.append(_naive(settings, run, naive))
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "streamrec bench " + " ".join(sys.argv[2:]),
         "machine": machine(),
         "settings": {
+            "workers": workers,
             "batch_max_events": settings.worker.batch_max_events,
+            "batch_shards": settings.worker.batch_shards,
+            "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
             "batch_window_ms": settings.worker.batch_window_ms,
             "partitions": settings.kafka.partitions,
             "users": users,
@@ -245,16 +239,23 @@ def _produce_and_wait(
     return reader, started, finished
 
 
+def _worker(settings: Settings, name: str) -> WorkerProcess:
+    """One more worker of the group: its own web port and data directory."""
+    own = isolated(settings, name, VAR).worker
+    mine = settings.model_copy(update={"worker": own})
+    return WorkerProcess(mine, VAR / f"{name}-worker.log")
+
+
 def _measure(
     settings: Settings,
-    worker_pid: int,
-    name: str,
+    workers: list[WorkerProcess],
+    kind: str,
     events: list[PlannedEvent],
     rate: float | None,
     profiler=None,
 ) -> Phase:
-    print(f"\n{name}: {len(events)} events" + (f" at {rate:,.0f}/s" if rate else ""), flush=True)
-    sampler = Sampler(settings, worker_pid)
+    print(f"\n{kind}: {len(events)} events" + (f" at {rate:,.0f}/s" if rate else ""), flush=True)
+    sampler = Sampler(settings, workers)
     before = sampler.take()
     if profiler:
         profiler.start()
@@ -267,7 +268,8 @@ def _measure(
     triggers = [i for i in reader.written_at if i in produced]
     latencies = [reader.written_at[i] - produced[i] for i in triggers]
     return Phase(
-        name=name,
+        kind=kind,
+        workers=len(workers),
         events=len(events),
         seconds=finished - started,
         recommendations=len(triggers),
@@ -295,7 +297,7 @@ def _naive(settings: Settings, run: str, events: list[PlannedEvent]) -> Phase:
     naive = isolated(settings, f"{run}-naive", VAR)
     ensure_topics(naive.kafka)
     replay(naive.kafka, events)  # a backlog: the baseline runs as fast as it can
-    sampler = Sampler(naive, None)
+    sampler = Sampler(naive, [])
     before = sampler.take()
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.naive", "--events", str(len(events))],
@@ -320,7 +322,8 @@ def _naive(settings: Settings, run: str, events: list[PlannedEvent]) -> Phase:
     cpu["worker"] = cpu_child
     cpu["total"] = sum(v for k, v in cpu.items() if k != "total")
     return Phase(
-        name="naive baseline",
+        kind="naive baseline",
+        workers=1,
         events=measured["events"],
         seconds=measured["seconds"],
         recommendations=measured["events"],

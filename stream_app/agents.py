@@ -39,6 +39,8 @@ T = TypeVar("T")
 
 TRENDING_READ = 100
 """Trending items read per batch: enough to fill a list after the user's exclusions."""
+MIN_SHARD_EVENTS = 64
+"""A batch is split for concurrent processing only into groups of at least this size."""
 DEGRADED_MODEL_VERSION = "unavailable"
 """model_version of a list made without the model."""
 
@@ -149,34 +151,46 @@ class InteractionProcessor:
                     for e in valid
                 ]
                 trigger = {s.user_id: e for s, e in zip(stored, valid)}  # newest event per user
-                updates = await self._retry("redis", lambda: self._history.append_batch(stored))
-                first_time = _first_time(stored, updates)
-                outcome.duplicates = len(valid) - len(first_time)
-                metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(outcome.duplicates)
-                _count_hits(first_time, updates)
-                for update in updates:
-                    metrics.HISTORY_LENGTH.observe(len(update.history))
-                lists, model, degraded = await self._recommend(updates)
-                messages = [
-                    self._message(items, model, trigger[u.user_id], degraded)
-                    for u, items in zip(updates, lists)
-                ]
-                lists_by_user = {
-                    u.user_id: m.to_json(with_caller_ids=False) for u, m in zip(updates, messages)
-                }
-                shown = sorted({i.item_id for m in messages for i in m.items})
-                await asyncio.gather(
-                    self._retry("redis", lambda: self._history.save_recommendations(lists_by_user)),
-                    self._retry("redis", lambda: self._popularity.record(first_time, shown)),
-                )
-                for message in messages:
-                    self._publisher.recommendations(message)
-                    for item in message.items:
-                        metrics.RECOMMENDED_ITEMS.labels(reason=item.reason).inc()
-                outcome.published = len(messages)
+                # Small batches stay whole: each Triton request has a fixed cost.
+                count = min(self._settings.worker.batch_shards, len(stored) // MIN_SHARD_EVENTS)
+                shards = _by_user(stored, max(1, count))
+                done = await asyncio.gather(*(self._apply(shard, trigger) for shard in shards))
+                outcome.duplicates = sum(duplicates for duplicates, _ in done)
+                outcome.published = sum(published for _, published in done)
             await self._publisher.flush()
             self._observe_published(valid, produced_at)
         return outcome
+
+    async def _apply(
+        self, stored: list[Interaction], trigger: dict[str, Interaction]
+    ) -> tuple[int, int]:
+        """History, model, policy and outputs for some users of the batch; returns the
+        number of repeated events and of lists published."""
+        topic = self._settings.kafka.interactions_topic
+        updates = await self._retry("redis", lambda: self._history.append_batch(stored))
+        first_time = _first_time(stored, updates)
+        metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(len(stored) - len(first_time))
+        _count_hits(first_time, updates)
+        for update in updates:
+            metrics.HISTORY_LENGTH.observe(len(update.history))
+        lists, model, degraded = await self._recommend(updates)
+        messages = [
+            self._message(items, model, trigger[u.user_id], degraded)
+            for u, items in zip(updates, lists)
+        ]
+        lists_by_user = {
+            u.user_id: m.to_json(with_caller_ids=False) for u, m in zip(updates, messages)
+        }
+        shown = sorted({i.item_id for m in messages for i in m.items})
+        await asyncio.gather(
+            self._retry("redis", lambda: self._history.save_recommendations(lists_by_user)),
+            self._retry("redis", lambda: self._popularity.record(first_time, shown)),
+        )
+        for message in messages:
+            self._publisher.recommendations(message)
+            for item in message.items:
+                metrics.RECOMMENDED_ITEMS.labels(reason=item.reason).inc()
+        return len(stored) - len(first_time), len(messages)
 
     async def _validate(
         self, batch: list[RawEvent], outcome: BatchOutcome
@@ -292,6 +306,15 @@ class InteractionProcessor:
         for user_id, event_id in triggers.items():
             metrics.END_TO_END_LATENCY.observe(max(0.0, now - produced_at[user_id, event_id]))
         metrics.RECOMMENDATIONS_PUBLISHED.inc(len(triggers))
+
+
+def _by_user(events: list[Interaction], shards: int) -> list[list[Interaction]]:
+    """The events split into at most ``shards`` groups, all of a user's events (in their
+    order) in one group, so groups can be processed at the same time."""
+    groups: dict[int, list[Interaction]] = {}
+    for event in events:
+        groups.setdefault(hash(event.user_id) % shards, []).append(event)
+    return list(groups.values())
 
 
 def _first_time(events: list[Interaction], updates: list[UserUpdate]) -> list[Interaction]:

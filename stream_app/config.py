@@ -58,9 +58,9 @@ class KafkaSettings(_Group):
     """Consumer group (Faust app id) shared by all workers."""
     session_timeout_s: float = Field(6.0, gt=0)
     """Consumer session timeout; short so a rebalance after a crash is quick."""
-    max_poll_interval_s: float = Field(10.0, gt=0)
+    max_poll_interval_s: float = Field(60.0, gt=0)
     """Longest gap between polls before the broker evicts a worker."""
-    fetch_max_wait_ms: int = Field(100, ge=1, le=5000)
+    fetch_max_wait_ms: int = Field(25, ge=1, le=5000)
     """Longest a fetch waits for data (brokers that ignore fetch.min.bytes wait this long)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How clients talk to the brokers; SASL_SSL in production."""
@@ -157,8 +157,12 @@ class WorkerSettings(_Group):
     batch_max_events: int = Field(256, ge=1, le=1024)
     """Micro-batch: at most this many events per Redis pipeline and Triton request
     (the recommender's max_batch_size, 1024, bounds it)."""
-    batch_window_ms: int = Field(50, ge=1)
+    batch_window_ms: int = Field(20, ge=1)
     """Micro-batch: wait at most this long to fill a batch."""
+    batch_shards: int = Field(2, ge=1, le=16)
+    """A batch is split by user into this many groups processed at the same time, so one
+    group's Redis calls overlap another's inference (a user's events stay in one group,
+    in order)."""
     top_k: int = Field(10, ge=1, le=100)
     """Items per recommendation list."""
     max_event_bytes: int = Field(16 * 1024, ge=256)

@@ -54,7 +54,8 @@ class WorkerProcess:
     """
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        readyz = f"http://127.0.0.1:{settings.worker.web_port}/readyz"
+        self._web_port = settings.worker.web_port
+        readyz = f"http://127.0.0.1:{self._web_port}/readyz"
         self._process = ManagedProcess(
             "worker",
             [sys.executable, "-m", "stream_app.cli", "worker"],
@@ -71,6 +72,10 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return self._process.pid
+
+    @property
+    def web_port(self) -> int:
+        return self._web_port
 
     def log_tail(self, lines: int = 40) -> str:
         return self._process.log_tail(lines)

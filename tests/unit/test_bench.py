@@ -43,21 +43,22 @@ def test_top_functions_counts_self_and_inclusive_samples():
     assert "`main (app.py:1)`" not in "".join(rows)  # never the running frame
 
 
-def phase(name, events_per_s, p99=None, rate=None, split=None):
+def phase(kind, events_per_s, p99=None, rate=None, split=None):
     return {
-        "name": name,
+        "kind": kind,
         "events_per_s": events_per_s,
         "latency_ms": {"p99": p99} if p99 is not None else {},
         "target_rate": rate,
         "split_s": split or {},
+        "workers": 1,
     }
 
 
 def test_verdicts_state_the_ratio_and_the_latency_target():
     lines = verdicts(
         [
-            phase("optimised, full speed", 1200.0),
-            phase("optimised, fixed rate", 600.0, p99=300.0, rate=600.0),
+            phase("full speed", 1200.0),
+            phase("fixed rate", 600.0, p99=300.0, rate=600.0),
             phase("naive baseline", 100.0),
         ]
     )
@@ -66,6 +67,13 @@ def test_verdicts_state_the_ratio_and_the_latency_target():
 
 
 def test_split_table_shares_of_wall_time():
-    split = {"wall": 10.0, "batch": 8.0, "redis": 2.0, "triton": 3.0, "kafka publish": 1.0}
-    (row,) = split_table([phase("optimised, full speed", 1.0, split=split)])[4:]
-    assert row == "| optimised, full speed | 20% | 30% | 10% | 20% | 20% |"
+    split = {
+        "wall": 10.0,
+        "batch": 8.0,
+        "batches": 40,
+        "redis": 2.0,
+        "triton": 3.0,
+        "kafka publish": 1.0,
+    }
+    (row,) = split_table([phase("full speed", 1.0, split=split) | {"events": 800}])[4:]
+    assert row == "| optimised, full speed | 40 | 20 | 200 | 20% | 30% | 10% | 20% | 20% |"

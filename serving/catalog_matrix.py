@@ -9,6 +9,10 @@ A full snapshot (``replace``) starts over and drops the masked rows.
 ``text`` holds the BERT vectors (diversity, explanations, the zero-shot model);
 ``scoring`` holds what the serving model scores with: the same vectors, or the trained
 head's item tower applied to them (``transform``).
+
+Given an ``AnnConfig``, the matrix also keeps an approximate index over ``scoring``
+(``serving.ann_index``) once more than ``min_items`` rows are active, and changes it with
+every upsert and remove; ``ann_index`` says when the ranker should search it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from serving.ann_index import AnnConfig, AnnIndex
+
 Transform = Callable[[list[str], np.ndarray], np.ndarray]
 """(item ids, text vectors) -> scoring vectors, one row per item."""
 
 
 class CatalogMatrix:
-    def __init__(self, transform: Transform | None = None) -> None:
+    def __init__(self, transform: Transform | None = None, ann: AnnConfig | None = None) -> None:
         self._transform = transform
+        self._ann = ann
         self.replace([], np.empty((0, 0), dtype=np.float32))
 
     @property
@@ -46,9 +53,16 @@ class CatalogMatrix:
     def active_count(self) -> int:
         return int(self.active.sum())
 
+    def ann_index(self) -> AnnIndex | None:
+        """The approximate index, while the catalog is large enough to need it."""
+        if self._index is not None and self.active_count > self._ann.min_items:
+            return self._index
+        return None
+
     def replace(self, item_ids: list[str], vectors: np.ndarray) -> None:
         """Start over from a snapshot."""
         self.size = 0
+        self._index: AnnIndex | None = None  # rebuilt (retrained) from the snapshot
         self.row_of: dict[str, int] = {}
         self._ids = np.empty(0, dtype=object)
         self._text = np.empty((0, vectors.shape[1] if vectors.size else 0), dtype=np.float32)
@@ -82,11 +96,23 @@ class CatalogMatrix:
             self._scoring[index] = scoring
         self._active[index] = True
         self.size = needed
+        if self._index is not None:
+            self._index.upsert(index, scoring)
+        elif self._ann is not None and self.active_count > self._ann.min_items:
+            self._build_index()
 
     def remove(self, item_ids: list[str]) -> None:
         """Mask items out; unknown ids are ignored (removing twice is harmless)."""
         rows = [self.row_of[i] for i in item_ids if i in self.row_of]
         self._active[rows] = False
+        if self._index is not None and rows:
+            self._index.remove(np.array(rows))
+
+    def _build_index(self) -> None:
+        rows = np.flatnonzero(self.active)
+        # Every row active (the usual snapshot): no copy of the whole matrix.
+        vectors = self.scoring if len(rows) == self.size else self.scoring[rows]
+        self._index = AnnIndex(rows, vectors, self._ann)
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each id (bytes or str); -1 for unknown ids and empty padding."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from serving.ann_index import DEFAULT_MIN_ITEMS, AnnConfig
 from serving.catalog_matrix import CatalogMatrix
 from serving.head_runtime import HeadRuntime
 from serving.ranker import Ranker
@@ -48,7 +49,12 @@ class TritonPythonModel:
             if head
             else config_parameter(config, "zero_shot_version", "weighted-mean-v1")
         )
-        matrix = CatalogMatrix(transform=head.item_vectors if head else None)
+        # Beyond ann_min_items active items ("off": never) the ranker searches an IVF index.
+        ann = AnnConfig.parse(
+            config_parameter(config, "ann_min_items", str(DEFAULT_MIN_ITEMS)),
+            config_parameter(config, "ann_nprobe", str(AnnConfig.nprobe)),
+        )
+        matrix = CatalogMatrix(transform=head.item_vectors if head else None, ann=ann)
         self.ranker = Ranker(matrix, head)
         freshness = pb_utils.MetricFamily(
             name="streamrec_catalog_freshness_seconds",

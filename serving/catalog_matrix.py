@@ -117,7 +117,8 @@ class CatalogMatrix:
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each id (bytes or str); -1 for unknown ids and empty padding."""
         lookup = self.row_of.get
-        flat = [lookup(_as_str(i), -1) for i in item_ids.ravel()]
+        # tolist() and an inline test, not a helper call per id: a batch holds ~10^4 ids.
+        flat = [lookup(i if type(i) is str else _as_str(i), -1) for i in item_ids.ravel().tolist()]
         return np.array(flat, dtype=np.int64).reshape(item_ids.shape)
 
     def _reserve(self, rows: int, text_dim: int, scoring_dim: int) -> None:

@@ -73,6 +73,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set to 1 for Triton: each model instance computes on one thread (Triton scales with
+instances). Left to their defaults, numpy's BLAS threads spin while they wait and made
+the recommender use 2.6x the CPU per user (bench/results/pipeline)."""
+
+
 def isolated(base: Settings, name: str, data_root: Path, **groups: dict) -> Settings:
     """``base`` with the topics, consumer group, web port and data directory of one run
     (names start with ``name``), so runs on one stack never read each other's events;
@@ -489,6 +495,7 @@ class DevStack:
         # The backend stub imports numpy, onnxruntime, tokenizers from the `python3` first on
         # PATH, so put this interpreter's bin/ (the virtualenv) first.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        env.update({name: "1" for name in SINGLE_THREAD_ENV if name not in os.environ})
         # The recommender model reads the catalog from the same Redis as the worker.
         for name, value in settings.redis.model_dump().items():
             if value is not None:

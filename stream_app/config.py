@@ -59,7 +59,8 @@ class KafkaSettings(_Group):
     session_timeout_s: float = Field(6.0, gt=0)
     """Consumer session timeout; short so a rebalance after a crash is quick."""
     max_poll_interval_s: float = Field(60.0, gt=0)
-    """Longest gap between polls before the broker evicts a worker."""
+    """Longest gap between polls before the broker evicts a worker (a backlog can keep the
+    worker from polling for over 10 s; evicted, it may not rejoin)."""
     fetch_max_wait_ms: int = Field(25, ge=1, le=5000)
     """Longest a fetch waits for data (brokers that ignore fetch.min.bytes wait this long)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -283,3 +283,20 @@ def test_an_item_the_catalog_does_not_hold_is_dead_lettered_or_kept_as_configure
     outcome = asyncio.run(processor.process(batch))
     assert publisher.dead == [(batch[0].value, "unknown_item")]
     assert outcome.dead_lettered == 1 and publisher.recs[0].trigger_event_id == "e2"
+
+
+def test_a_batch_splits_by_user_keeping_each_users_events_together_in_order():
+    from stream_app.agents import _by_user
+    from stream_app.events import Interaction
+
+    events = [Interaction(f"e{i}", f"u{i % 7}", "1", "click", float(i)) for i in range(100)]
+    groups = _by_user(events, 3)
+    assert 1 <= len(groups) <= 3
+    assert sorted(e.event_id for g in groups for e in g) == sorted(e.event_id for e in events)
+    for user in {e.user_id for e in events}:
+        holding = [g for g in groups if any(e.user_id == user for e in g)]
+        assert len(holding) == 1
+        assert [e.ts for e in holding[0] if e.user_id == user] == sorted(
+            e.ts for e in events if e.user_id == user
+        )
+    assert _by_user(events, 1) == [events]

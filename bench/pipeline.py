@@ -33,6 +33,7 @@ from serving.data import load_movielens
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess, prepare_stack, settings_env
 from stream_app.devstack import isolated
+from stream_app.errors import StackError
 from stream_app.kafka_io import TopicReader, ensure_topics
 from stream_app.probes import metric_sum
 from stream_app.replay import PlannedEvent, replay
@@ -233,7 +234,9 @@ def _produce_and_wait(
     replay(settings.kafka, events, rate_per_s=rate)
     if not reader.wait_for(set(last.values()), timeout_s):
         reader.close()
-        raise TimeoutError(f"the worker did not answer every user within {timeout_s} s")
+        raise StackError(
+            f"the workers did not answer every user within {timeout_s:.0f} s: see {VAR}/*.log"
+        )
     finished = max(reader.written_at[e] for e in last.values())
     reader.close()
     return reader, started, finished

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.inference_common import machine
 from bench.profile import Profiler
 from bench.report import percentile, write_report
 from serving.data import load_movielens
@@ -97,22 +98,24 @@ def plan(n: int, users: int, run: str, items: list[str], seed: int = 0) -> list[
 
 
 class OutputReader:
-    """Reads the recommendations topic in a thread: per trigger event, the Kafka timestamp."""
+    """Reads the recommendations topic in a thread: per trigger event, when its list was
+    written (Kafka timestamp) and how long after the event (its ``event_ts``)."""
 
     def __init__(self, settings: Settings) -> None:
         self._reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
         self.written_at: dict[str, float] = {}  # trigger event id -> list's Kafka timestamp
+        self.latency_s: dict[str, float] = {}  # trigger event id -> list written - event ts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        consumer = self._reader._consumer
         while not self._stop.is_set():
-            for message in consumer.consume(1000, timeout=0.2):
-                if message.error() is None:
-                    trigger = json.loads(message.value())["trigger_event_id"]
-                    self.written_at[trigger] = message.timestamp()[1] / 1000
+            for message in self._reader.poll(0.2, max_messages=1000):
+                body = json.loads(message.value())
+                written = message.timestamp()[1] / 1000
+                self.written_at[body["trigger_event_id"]] = written
+                self.latency_s[body["trigger_event_id"]] = written - body["event_ts"]
 
     def wait_for(self, event_ids: set[str], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -203,7 +206,6 @@ def run_bench(
             naive = plan(naive_events, users, f"{run}-naive", items, 3)
             phases.append(_naive(settings, run, naive))
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "streamrec bench " + " ".join(sys.argv[2:]),
         "machine": machine(),
         "settings": {
@@ -265,34 +267,20 @@ def _measure(
     timeout = 120 + len(events) / 200
     reader, started, finished = _produce_and_wait(settings, events, rate, timeout)
     cpu, split = sampler.delta(before, sampler.take())
-    ours = {e.event_id: e for e in events}
-    produced = _produced_at(settings, ours)
     # The topic also holds earlier phases' lists: only this phase's triggers count.
-    triggers = [i for i in reader.written_at if i in produced]
-    latencies = [reader.written_at[i] - produced[i] for i in triggers]
+    ours = {e.event_id for e in events}
+    latencies = [s for trigger, s in reader.latency_s.items() if trigger in ours]
     return Phase(
         kind=kind,
         workers=len(workers),
         events=len(events),
         seconds=finished - started,
-        recommendations=len(triggers),
+        recommendations=len(latencies),
         latencies_s=latencies,
         cpu_s=cpu,
         split_s=split | {"wall": finished - started},
         target_rate=rate,
     )
-
-
-def _produced_at(settings: Settings, ours: dict[str, PlannedEvent]) -> dict[str, float]:
-    """Each of our events' timestamp as it sits in Kafka (the moment it was produced)."""
-    reader = TopicReader(settings.kafka, settings.kafka.interactions_topic)
-    produced = {}
-    for message in reader.drain(quiet_s=1.0):
-        event_id = json.loads(message.value())["event_id"]
-        if event_id in ours:
-            produced[event_id] = message.timestamp()[1] / 1000
-    reader.close()
-    return produced
 
 
 def _naive(settings: Settings, run: str, events: list[PlannedEvent]) -> Phase:
@@ -332,23 +320,6 @@ def _naive(settings: Settings, run: str, events: list[PlannedEvent]) -> Phase:
         recommendations=measured["events"],
         cpu_s=cpu,
     )
-
-
-def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": sys.version.split()[0],
-    }
 
 
 def _listener_pid(port: int) -> int | None:

@@ -101,15 +101,16 @@ def write_report(result: dict, phases: list, out: Path) -> None:
         "# Pipeline benchmark",
         "",
         f"Command: `{result['command']}` (from the repository root; it starts the local stack).",
-        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB,"
-        f" Python {machine['python']}. Date: {result['date']}.",
+        f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram_gib']} GiB,"
+        f" Python {machine['python']}. Date: {machine['date']}.",
         f"Worker settings: {json.dumps(result['settings'])}.",
         "",
         *body,
         "",
-        "End-to-end latency: the recommendation's Kafka timestamp minus the event's, both",
-        "stamped on this machine, for the event that triggered each list. In the full-speed",
-        "phase the events wait in a backlog, so its latency is queueing, not service time.",
+        "End-to-end latency: the recommendation's Kafka timestamp minus the event's ts (set",
+        "when it was produced), both on this machine, for the event that triggered each list.",
+        "In the full-speed phase the events wait in a backlog, so its latency is queueing,",
+        "not service time.",
         "",
         "![latency histogram](latency.png)" if rated else "",
     ]

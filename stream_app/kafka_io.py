@@ -87,25 +87,25 @@ class TopicReader:
         )
         self.messages: list[Message] = []
 
+    def poll(self, timeout_s: float, max_messages: int = 500) -> list[Message]:
+        """The next messages (none after ``timeout_s``), without keeping them."""
+        batch = self._consumer.consume(max_messages, timeout=timeout_s)
+        return [m for m in batch if m.error() is None]
+
     def read_until(self, done: Callable[[list[Message]], bool], timeout_s: float) -> bool:
         """Poll until ``done(messages so far)`` or the timeout; returns whether it was done."""
         deadline = time.monotonic() + timeout_s
         while not done(self.messages):
             if time.monotonic() > deadline:
                 return False
-            for message in self._consumer.consume(500, timeout=0.2):
-                if message.error() is None:
-                    self.messages.append(message)
+            self.messages.extend(self.poll(0.2))
         return True
 
     def drain(self, quiet_s: float = 1.0) -> list[Message]:
         """Read until nothing new arrives for ``quiet_s``; returns every message read."""
-        while True:
-            batch = self._consumer.consume(500, timeout=quiet_s)
-            batch = [m for m in batch if m.error() is None]
-            if not batch:
-                return self.messages
+        while batch := self.poll(quiet_s):
             self.messages.extend(batch)
+        return self.messages
 
     def close(self) -> None:
         self._consumer.close()

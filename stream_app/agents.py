@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
@@ -186,10 +187,11 @@ class InteractionProcessor:
             self._retry("redis", lambda: self._history.save_recommendations(lists_by_user)),
             self._retry("redis", lambda: self._popularity.record(first_time, shown)),
         )
+        reasons = Counter(item.reason for m in messages for item in m.items)
         for message in messages:
             self._publisher.recommendations(message)
-            for item in message.items:
-                metrics.RECOMMENDED_ITEMS.labels(reason=item.reason).inc()
+        for reason, count in reasons.items():  # one metric update per reason, not per item
+            metrics.RECOMMENDED_ITEMS.labels(reason=reason).inc(count)
         return len(stored) - len(first_time), len(messages)
 
     async def _validate(
@@ -230,18 +232,14 @@ class InteractionProcessor:
         """Each user's final list, the model version that ranked them, and whether the
         model was unavailable (the lists then come from trending: degraded)."""
         k, policy = self._settings.worker.top_k, self._settings.policy
-        excluded = [
-            excluded_items(
-                [(h.item_id, h.is_purchase) for h in u.history], u.purchased, policy.exclude_clicked
-            )
-            for u in updates
-        ]
-        rows = [
-            HistoryRow(
-                [h.item_id for h in u.history], [h.is_purchase for h in u.history], sorted(skip)
-            )
-            for u, skip in zip(updates, excluded)
-        ]
+        excluded: list[frozenset[str]] = []
+        rows: list[HistoryRow] = []
+        for u in updates:
+            items = [h.item_id for h in u.history]
+            bought = [h.is_purchase for h in u.history]
+            skip = excluded_items(zip(items, bought), u.purchased, policy.exclude_clicked)
+            excluded.append(skip)
+            rows.append(HistoryRow(items, bought, sorted(skip)))
         ranked, trending = await asyncio.gather(  # independent of each other: run together
             self._rank(rows, k),
             self._retry("redis", lambda: self._popularity.trending(TRENDING_READ)),

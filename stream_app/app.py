@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 COVERAGE_INTERVAL_S = 10.0
 LAG_INTERVAL_S = 5.0
+PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 class FaustPublisher:
@@ -62,8 +63,9 @@ class FaustPublisher:
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         with metrics.KAFKA_PUBLISH.time():
-            # send() coroutines queue the message; the futures they return resolve on delivery.
-            deliveries = await asyncio.gather(*pending)
+            # send() coroutines queue the message; the futures they return resolve on
+            # delivery. Awaited one by one, not gathered: gather makes a task of each.
+            deliveries = [await send for send in pending]
             await asyncio.gather(*deliveries)
 
 
@@ -83,6 +85,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=kafka.session_timeout_s,
         broker_max_poll_interval=kafka.max_poll_interval_s,
         producer_acks=-1,
+        # aiokafka makes a send wait for a round trip whenever a partition's batch is full:
+        # at the 16 KiB default that is every ~12 lists. One batch of lists fits in this.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         broker_credentials=faust_credentials(kafka),
         web_in_thread=False,
     )

@@ -92,13 +92,13 @@ class TritonRecommender:
         ]
         parameters = {"top_k": k, "diversity": float(diversity)}
         result = await self._infer(self._recommender, inputs, parameters=parameters)
+        # tolist(): Python bytes and floats at once, not a numpy scalar per element.
+        ids, scores, because = (
+            result.as_numpy(name).tolist() for name in ("TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")
+        )
         lists = [
-            [Candidate(i.decode(), float(s), b.decode() or None) for i, s, b in zip(*row) if i]
-            for row in zip(
-                result.as_numpy("TOP_IDS"),
-                result.as_numpy("TOP_SCORES"),
-                result.as_numpy("BECAUSE_IDS"),
-            )
+            [Candidate(i.decode(), s, b.decode() or None) for i, s, b in zip(*row) if i]
+            for row in zip(ids, scores, because)
         ]
         return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode())
 

@@ -31,7 +31,7 @@ class Candidate:
 
 
 def excluded_items(
-    history: Sequence[tuple[str, bool]], purchased: Iterable[str], exclude_clicked: bool
+    history: Iterable[tuple[str, bool]], purchased: Iterable[str], exclude_clicked: bool
 ) -> frozenset[str]:
     """Items that must not be recommended to this user.
 
@@ -76,7 +76,8 @@ def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, diversity: float) ->
         picks[:, step] = np.where(live, pick, -1)
         available[rows, pick] = False
 
-        sims = np.einsum("bmd,bd->bm", vectors, vectors[rows, pick])
+        # matmul, not einsum: einsum does not use BLAS here and was 3x slower.
+        sims = np.matmul(vectors, vectors[rows, pick][:, :, None])[:, :, 0]
         max_sim = sims if step == 0 else np.maximum(max_sim, sims)
     return picks
 
@@ -126,7 +127,7 @@ def strongest_history(
     )
     if same_item is not None:
         eligible = eligible & ~same_item
-    sims = np.einsum("bld,bkd->bkl", history_vectors, item_vectors)
+    sims = np.matmul(item_vectors, history_vectors.transpose(0, 2, 1))  # (B, K, L)
     contribution = np.where(eligible, weights[:, None, :] * sims, -np.inf)
     if contribution.shape[2] == 0:
         return np.full(contribution.shape[:2], -1, dtype=np.int64)

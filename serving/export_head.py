@@ -29,14 +29,15 @@ SHIM = Path("model_repository/recommender/1/model.py")
 
 
 class _SequenceUser(nn.Module):
-    """Sequence encoder + last position: the per-request graph."""
+    """Sequence encoder + last position: the per-request graph (the parity check compares
+    it with the full encoder that training runs)."""
 
     def __init__(self, model: ScoringHead) -> None:
         super().__init__()
         self.sequence = model.sequence
 
     def forward(self, history_vectors: torch.Tensor, event_types: torch.Tensor) -> torch.Tensor:
-        return self.sequence(history_vectors, event_types)[:, -1]
+        return self.sequence(history_vectors, event_types, last_only=True)[:, -1]
 
 
 def export_head(

@@ -63,5 +63,18 @@ def test_head_shapes_and_text_only_items_still_score():
     assert torch.allclose(catalog[8], model.items.adapter(text[8]), atol=1e-6)
 
 
+def test_served_encoder_computes_only_the_last_position_and_matches_training():
+    config = HeadConfig(n_items=9, text_dim=8, hidden=16, max_len=6, layers=2)
+    encoder = ScoringHead(config, torch.randn(10, 8), torch.arange(10)).sequence.eval()
+    generator = torch.Generator().manual_seed(1)
+    vectors = torch.randn(3, 6, 16, generator=generator)
+    types = torch.tensor([[0, 0, 1, 2, 1, 1], [1, 1, 1, 1, 2, 1], [0, 0, 0, 0, 0, 2]])
+    with torch.no_grad():
+        full = encoder(vectors, types)
+        last = encoder(vectors, types, last_only=True)
+    assert full.shape == (3, 6, 16) and last.shape == (3, 1, 16)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
+
+
 def test_collapse_history_keeps_first_position_and_any_purchase():
     assert collapse_history(["a", "a", "b"], [False, True, False]) == (["a", "b"], [True, False])

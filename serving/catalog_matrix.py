@@ -12,25 +12,42 @@ head's item tower applied to them (``transform``).
 
 Given an ``AnnConfig``, the matrix also keeps an approximate index over ``scoring``
 (``serving.ann_index``) once more than ``min_items`` rows are active, and changes it with
-every upsert and remove; ``ann_index`` says when the ranker should search it.
+every upsert and remove; ``ann_index`` says when the ranker should search it. Building
+the index takes seconds at a million rows; with ``background_index`` (the Triton model)
+it is built in a thread while the exact search goes on serving, and the rows changed in
+the meantime are redone before the index is swapped in.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
 
 from serving.ann_index import AnnConfig, AnnIndex
 
+logger = logging.getLogger(__name__)
+
 Transform = Callable[[list[str], np.ndarray], np.ndarray]
 """(item ids, text vectors) -> scoring vectors, one row per item."""
 
 
 class CatalogMatrix:
-    def __init__(self, transform: Transform | None = None, ann: AnnConfig | None = None) -> None:
+    def __init__(
+        self,
+        transform: Transform | None = None,
+        ann: AnnConfig | None = None,
+        background_index: bool = False,
+    ) -> None:
         self._transform = transform
         self._ann = ann
+        self._background = background_index
+        # Held by every change, and by a background build while it swaps its index in.
+        self._lock = threading.RLock()
+        self._build: _IndexBuild | None = None
         self.replace([], np.empty((0, 0), dtype=np.float32))
 
     @property
@@ -59,20 +76,31 @@ class CatalogMatrix:
             return self._index
         return None
 
+    def wait_for_index(self, timeout_s: float | None = None) -> bool:
+        """Wait for a background index build to end; False if it is still running."""
+        build = self._build
+        return build is None or build.done.wait(timeout_s)
+
     def replace(self, item_ids: list[str], vectors: np.ndarray) -> None:
         """Start over from a snapshot."""
-        self.size = 0
-        self._index: AnnIndex | None = None  # rebuilt (retrained) from the snapshot
-        self.row_of: dict[str, int] = {}
-        self._ids = np.empty(0, dtype=object)
-        self._text = np.empty((0, vectors.shape[1] if vectors.size else 0), dtype=np.float32)
-        self._scoring = self._text
-        self._active = np.empty(0, dtype=bool)
-        if item_ids:
-            self.upsert(item_ids, vectors)
+        with self._lock:
+            self.size = 0
+            self._index: AnnIndex | None = None  # rebuilt (retrained) from the snapshot
+            self._build = None  # a build still running for the old catalog is dropped
+            self.row_of: dict[str, int] = {}
+            self._ids = np.empty(0, dtype=object)
+            self._text = np.empty((0, vectors.shape[1] if vectors.size else 0), dtype=np.float32)
+            self._scoring = self._text
+            self._active = np.empty(0, dtype=bool)
+            if item_ids:
+                self.upsert(item_ids, vectors)
 
     def upsert(self, item_ids: list[str], vectors: np.ndarray) -> None:
         """Add new items and overwrite known ones (which become active again)."""
+        with self._lock:
+            self._upsert(item_ids, vectors)
+
+    def _upsert(self, item_ids: list[str], vectors: np.ndarray) -> None:
         if len(item_ids) != len(vectors):
             raise ValueError(f"{len(item_ids)} ids but {len(vectors)} vectors")
         if not item_ids:
@@ -98,21 +126,59 @@ class CatalogMatrix:
         self.size = needed
         if self._index is not None:
             self._index.upsert(index, scoring)
+        elif self._build is not None:
+            self._build.changed.update(index.tolist())
         elif self._ann is not None and self.active_count > self._ann.min_items:
-            self._build_index()
+            self._start_build()
 
     def remove(self, item_ids: list[str]) -> None:
         """Mask items out; unknown ids are ignored (removing twice is harmless)."""
-        rows = [self.row_of[i] for i in item_ids if i in self.row_of]
-        self._active[rows] = False
-        if self._index is not None and rows:
-            self._index.remove(np.array(rows))
+        with self._lock:
+            rows = [self.row_of[i] for i in item_ids if i in self.row_of]
+            self._active[rows] = False
+            if self._index is not None and rows:
+                self._index.remove(np.array(rows))
+            elif self._build is not None:
+                self._build.changed.update(rows)
 
-    def _build_index(self) -> None:
+    def _start_build(self) -> None:
+        build = self._build = _IndexBuild()
         rows = np.flatnonzero(self.active)
-        # Every row active (the usual snapshot): no copy of the whole matrix.
-        vectors = self.scoring if len(rows) == self.size else self.scoring[rows]
-        self._index = AnnIndex(rows, vectors, self._ann)
+        # A view, not a copy of the whole matrix: rows written while a background build
+        # reads it are in build.changed and redone before the index is swapped in.
+        scoring = self.scoring
+        if not self._background:
+            self._finish(build, AnnIndex(rows, _select(scoring, rows), self._ann))
+            return
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                index = AnnIndex(rows, _select(scoring, rows), self._ann)
+            except Exception:  # noqa: BLE001  (the exact search goes on; a later upsert retries)
+                logger.exception("approximate index build failed rows=%d", len(rows))
+                with self._lock:
+                    if self._build is build:
+                        self._build = None
+                build.done.set()
+                return
+            with self._lock:
+                self._finish(build, index)
+            seconds = time.monotonic() - started
+            logger.info("approximate index built rows=%d seconds=%.1f", len(rows), seconds)
+
+        threading.Thread(target=run, name="ann-index-build", daemon=True).start()
+
+    def _finish(self, build: _IndexBuild, index: AnnIndex) -> None:
+        """Swap a built index in, after redoing the rows changed since it started."""
+        if self._build is build:  # else the catalog was replaced meanwhile: drop it
+            changed = np.array(sorted(build.changed), dtype=np.int64)
+            if len(changed):
+                index.remove(changed)
+                live = changed[self._active[changed]]
+                index.upsert(live, self._scoring[live])
+            self._index, self._build = index, None
+        build.done.set()
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each id (bytes or str); -1 for unknown ids and empty padding."""
@@ -134,6 +200,19 @@ class CatalogMatrix:
         self._active = _grow(self._active, grown)
         self._text = _grow(self._text, grown, text_dim)
         self._scoring = _grow(self._scoring, grown, scoring_dim) if self._transform else self._text
+
+
+class _IndexBuild:
+    """An index build in progress: rows changed since it started, and when it ends."""
+
+    def __init__(self) -> None:
+        self.changed: set[int] = set()
+        self.done = threading.Event()
+
+
+def _select(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    # Every row active (the usual snapshot): no copy of the whole matrix.
+    return vectors if len(rows) == len(vectors) else vectors[rows]
 
 
 def _grow(array: np.ndarray, rows: int, width: int | None = None) -> np.ndarray:

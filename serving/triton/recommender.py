@@ -49,12 +49,14 @@ class TritonPythonModel:
             if head
             else config_parameter(config, "zero_shot_version", "weighted-mean-v1")
         )
-        # Beyond ann_min_items active items ("off": never) the ranker searches an IVF index.
+        # Beyond ann_min_items active items ("off": never) the ranker searches an IVF index,
+        # built in a thread: requests are served by the exact scan until it is ready.
         ann = AnnConfig.parse(
             config_parameter(config, "ann_min_items", str(DEFAULT_MIN_ITEMS)),
             config_parameter(config, "ann_nprobe", str(AnnConfig.nprobe)),
         )
-        matrix = CatalogMatrix(transform=head.item_vectors if head else None, ann=ann)
+        transform = head.item_vectors if head else None
+        matrix = CatalogMatrix(transform=transform, ann=ann, background_index=True)
         self.ranker = Ranker(matrix, head)
         freshness = pb_utils.MetricFamily(
             name="streamrec_catalog_freshness_seconds",

@@ -99,6 +99,39 @@ def test_the_ranker_switches_to_the_index_above_the_configured_size():
     assert catalog.ann_index().size == 400
 
 
+def test_a_background_build_serves_exact_until_ready_and_keeps_changes_made_meanwhile():
+    vectors = clustered(400)
+    ids = [f"i{i}" for i in range(400)]
+    catalog = CatalogMatrix(ann=AnnConfig(min_items=300, nprobe=1000), background_index=True)
+    catalog.replace(ids[:300], vectors[:300])
+    # Holding the matrix lock keeps the build from swapping its index in, so the changes
+    # below land while it runs (the lock is reentrant: upserts from this thread pass).
+    with catalog._lock:
+        catalog.upsert(ids[300:], vectors[300:])  # crosses the size: the build starts
+        assert catalog.ann_index() is None  # meanwhile the ranker scans every row
+        catalog.remove(ids[:10])
+        catalog.upsert([ids[10], "new"], vectors[[0, 1]])  # i10 moves onto i0's vector
+    assert catalog.wait_for_index(timeout_s=60)
+    index = catalog.ann_index()
+    assert index is not None and index.size == 400 - 10 + 1
+
+    rows, _ = index.search(vectors[[0]], 3)
+    found = set(catalog.item_ids[rows[0][rows[0] >= 0]])
+    assert ids[10] in found and ids[0] not in found  # the moved row, not the removed one
+
+
+def test_a_build_for_a_catalog_replaced_meanwhile_is_dropped():
+    vectors = clustered(400)
+    ids = [f"i{i}" for i in range(400)]
+    catalog = CatalogMatrix(ann=AnnConfig(min_items=300), background_index=True)
+    with catalog._lock:
+        catalog.replace(ids, vectors)  # starts a build
+        first_build = catalog._build
+        catalog.replace(ids[:100], vectors[:100])  # a smaller snapshot arrives
+    assert first_build is not None and first_build.done.wait(60)
+    assert catalog.ann_index() is None and catalog._index is None
+
+
 def test_ranking_through_the_index_never_returns_removed_or_excluded_items():
     vectors = clustered(2000)
     ids = [f"i{i}" for i in range(2000)]

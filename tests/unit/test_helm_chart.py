@@ -32,6 +32,11 @@ CHART = ROOT / "deploy/helm/streamrec"
 HELM = ROOT / ".tools/bin/helm"
 CRD_VALIDATOR = ROOT / "deploy/helm/validate"
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
+RUNBOOK_LINKS = [  # relative to the repository, as the alerts file has them
+    r["annotations"]["runbook_url"]
+    for g in yaml.safe_load(ALERTS.read_text())["groups"]
+    for r in g["rules"]
+]
 DOCKERFILE = (ROOT / "deploy/docker/Dockerfile").read_text()
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate bundles.
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
@@ -371,8 +376,18 @@ def test_service_monitors_scrape_the_jobs_the_alerts_name(scenario):
 
 @pytest.mark.parametrize("scenario", ["production", "options"])
 def test_the_prometheus_rule_is_the_tested_alerts_file(scenario):
-    rule = one(render(scenario), "PrometheusRule")
-    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    groups = one(render(scenario), "PrometheusRule")["spec"]["groups"]
+    base = yaml.safe_load((CHART / "values-production.yaml").read_text())["metrics"][
+        "prometheusRule"
+    ]["runbookBaseUrl"]
+    links = [r["annotations"]["runbook_url"] for g in groups for r in g["rules"]]
+    assert links and all(link.startswith("docs/runbook.md#") for link in RUNBOOK_LINKS)
+    if scenario == "production":  # runbookBaseUrl set: the same links, made absolute
+        assert links == [base + link for link in RUNBOOK_LINKS]
+        for group in groups:
+            for rule in group["rules"]:
+                rule["annotations"]["runbook_url"] = rule["annotations"]["runbook_url"][len(base) :]
+    assert groups == yaml.safe_load(ALERTS.read_text())["groups"]
     assert (CHART / "files/alerts.yml").read_text() == ALERTS.read_text()
 
 

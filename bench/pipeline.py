@@ -177,7 +177,7 @@ def run_bench(
     users: int = 1000,
     rate: float | None = None,
     latency_s: float = 20.0,
-    naive_events: int = 1000,
+    naive_events: int = 4000,
     workers: int = 1,
     profile: bool = False,
     out: Path = Path("bench/results/pipeline"),

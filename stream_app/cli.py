@@ -150,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--latency-s", type=float, default=20.0, help="length of the fixed-rate phase"
     )
-    bench.add_argument("--naive-events", type=int, default=1000, help="0 skips the baseline")
+    bench.add_argument("--naive-events", type=int, default=4000, help="0 skips the baseline")
     bench.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
     bench.add_argument("--profile", action="store_true", help="py-spy the worker at full speed")
     bench.add_argument("--out", type=Path, default=Path("bench/results/pipeline"))

@@ -53,9 +53,10 @@ evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVIC
 demo: setup $(HEAD) ## train the head once (~5 min), then start the local stack, run a worker and a short replay, print live results
 	$(BIN)/streamrec demo
 
-bench: setup $(HEAD) ## pipeline benchmark, 1 and 2 workers, each against a naive baseline (~10 min); writes bench/results/pipeline/
+bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 512-event batches, each against a naive baseline (~13 min); writes bench/results/pipeline/
 	$(BIN)/streamrec bench --profile --out bench/results/pipeline/1-worker
 	$(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers
+	STREAMREC_WORKER__BATCH_MAX_EVENTS=512 $(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers-batch-512
 
 bench-inference: setup ## inference micro-benchmarks: recommender vs catalog size (exact, ANN), encoder (ORT, INT8), via Triton (~15 min); writes bench/results/inference/
 	$(BIN)/python -m bench.inference_speed

@@ -206,7 +206,7 @@ def run_bench(
             naive = plan(naive_events, users, f"{run}-naive", items, 3)
             phases.append(_naive(settings, run, naive))
     result = {
-        "command": "streamrec bench " + " ".join(sys.argv[2:]),
+        "command": _command(),
         "machine": machine(),
         "settings": {
             "workers": workers,
@@ -222,6 +222,15 @@ def run_bench(
     }
     write_report(result, phases, out)
     return result
+
+
+def _command() -> str:
+    """This run's command line, with the worker settings it was given in the environment
+    (only those: other groups may hold secrets)."""
+    worker = [
+        f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("STREAMREC_WORKER__")
+    ]
+    return " ".join([*worker, "streamrec bench", *sys.argv[2:]])
 
 
 def _produce_and_wait(

@@ -90,6 +90,9 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         broker_credentials=faust_credentials(kafka),
         web_in_thread=False,
+        # No leader election: nothing here runs on the leader only, and the election
+        # topic would be one more topic to create (permissions) and to fetch.
+        topic_disable_leader=True,
     )
 
     def raw_topic(name: str) -> faust.TopicT:

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from confluent_kafka.admin import AdminClient
 
 from stream_app import probes
 from stream_app.catalog import CatalogItem, CatalogStore
 from stream_app.config import Settings
 from stream_app.demo import WorkerProcess
 from stream_app.history import HistoryStore
-from stream_app.kafka_io import TopicReader, ensure_topics
+from stream_app.kafka_io import TopicReader, all_topics, client_config, ensure_topics
 from stream_app.privacy import Pseudonymiser
 from stream_app.probes import metric_sum, scrape
 from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
@@ -127,6 +128,14 @@ def read_histories(settings: Settings, users) -> dict:
             await client.aclose()
 
     return asyncio.run(main())
+
+
+def test_the_worker_uses_only_the_topics_deployments_create(settings, processed):
+    # The Helm chart's Strimzi topics are all_topics(): a topic Faust declared on its own
+    # (say, its leader-election topic) would need create permission on a managed cluster.
+    topics = AdminClient(client_config(settings.kafka)).list_topics(timeout=30).topics
+    prefix = settings.kafka.interactions_topic.removesuffix("-interactions")
+    assert {t for t in topics if t.startswith(prefix)} == set(all_topics(settings.kafka))
 
 
 def test_every_user_gets_recommendations_keyed_by_user(processed):

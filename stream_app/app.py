@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 COVERAGE_INTERVAL_S = 10.0
 LAG_INTERVAL_S = 5.0
 PRODUCER_BATCH_BYTES = 256 * 1024
+PRODUCER_LINGER_S = 0.005
+"""Without a linger aiokafka sends whatever is queued as soon as it can, so a batch's
+lists left in many small requests: at 1,600 events/s the local broker spent 0.19 ms of
+CPU per event on them, against 0.09 ms with 5 ms (bench/results/pipeline)."""
 
 
 class FaustPublisher:
@@ -88,6 +92,7 @@ def create_app(settings: Settings) -> faust.App:
         # aiokafka makes a send wait for a round trip whenever a partition's batch is full:
         # at the 16 KiB default that is every ~12 lists. One batch of lists fits in this.
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_linger=PRODUCER_LINGER_S,
         broker_credentials=faust_credentials(kafka),
         web_in_thread=False,
         # No leader election: nothing here runs on the leader only, and the election

@@ -46,7 +46,7 @@ class NaiveWorker:
             }
         )
         self.consumer.subscribe([kafka.interactions_topic])
-        self.producer = producer(kafka)
+        self.producer = producer(kafka, linger_ms=0)  # each list is sent on its own
         self.redis: redis.Redis = redis_client(settings)
         self.catalog = CatalogStore(self.redis, settings.redis.key_prefix)
         self.triton = httpclient.InferenceServerClient(f"127.0.0.1:{settings.triton.http_port}")

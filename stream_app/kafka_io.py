@@ -67,12 +67,11 @@ per partition per linger: at its default 5 ms, replaying 1,500 events/s cost the
 broker 20% of a CPU, against 6.5% at 20 ms (bench/results/pipeline)."""
 
 
-def producer(kafka: KafkaSettings) -> Producer:
+def producer(kafka: KafkaSettings, linger_ms: int = PRODUCER_LINGER_MS) -> Producer:
     # Up to 4 MiB, not librdkafka's 1 MB: the hostile-input tests send 1 MB events (the
     # broker's own limit still applies; the worker rejects anything over its own limit).
     return Producer(
-        client_config(kafka)
-        | {"linger.ms": PRODUCER_LINGER_MS, "acks": "all", "message.max.bytes": 4 << 20}
+        client_config(kafka) | {"linger.ms": linger_ms, "acks": "all", "message.max.bytes": 4 << 20}
     )
 
 

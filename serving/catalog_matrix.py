@@ -163,15 +163,18 @@ class CatalogMatrix:
                 build.done.set()
                 return
             with self._lock:
-                self._finish(build, index)
+                used = self._finish(build, index)
             seconds = time.monotonic() - started
-            logger.info("approximate index built rows=%d seconds=%.1f", len(rows), seconds)
+            outcome = "built" if used else "dropped (the catalog was replaced meanwhile)"
+            logger.info("approximate index %s rows=%d seconds=%.1f", outcome, len(rows), seconds)
 
         threading.Thread(target=run, name="ann-index-build", daemon=True).start()
 
-    def _finish(self, build: _IndexBuild, index: AnnIndex) -> None:
-        """Swap a built index in, after redoing the rows changed since it started."""
-        if self._build is build:  # else the catalog was replaced meanwhile: drop it
+    def _finish(self, build: _IndexBuild, index: AnnIndex) -> bool:
+        """Swap a built index in, after redoing the rows changed since it started; False
+        if the catalog was replaced meanwhile (the index is then dropped)."""
+        used = self._build is build
+        if used:
             changed = np.array(sorted(build.changed), dtype=np.int64)
             if len(changed):
                 index.remove(changed)
@@ -179,6 +182,7 @@ class CatalogMatrix:
                 index.upsert(live, self._scoring[live])
             self._index, self._build = index, None
         build.done.set()
+        return used
 
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each id (bytes or str); -1 for unknown ids and empty padding."""

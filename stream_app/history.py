@@ -159,7 +159,7 @@ class HistoryStore:
     async def history(self, user_id: str) -> tuple[HistoryEntry, ...]:
         with track_redis("history"):
             flat = await self._redis.zrange(self.history_key(user_id), 0, -1, withscores=True)
-        return tuple(_entry(member, score) for member, score in flat)
+        return _entries([field for pair in flat for field in pair])
 
     async def save_recommendations(self, messages: dict[str, bytes]) -> None:
         """Store each user's latest recommendations (JSON), in one pipeline."""
@@ -185,7 +185,8 @@ class HistoryStore:
 
 
 def _entries(flat: list) -> tuple[HistoryEntry, ...]:
-    """The script's [member, score, member, score, ...] as entries, oldest first."""
+    """[member, score, member, score, ...] (members as Redis returns them: bytes) as
+    entries, oldest first."""
     # One decode and one split for the whole history: validated ids hold no tabs, so
     # the fields come out three per member (this is the hottest loop of a batch).
     fields = b"\t".join(flat[0::2]).decode().split("\t") if flat else []
@@ -196,12 +197,6 @@ def _entries(flat: list) -> tuple[HistoryEntry, ...]:
     return tuple(
         _NEW_TUPLE(HistoryEntry, entry) for entry in zip(columns, columns, columns, scores)
     )
-
-
-def _entry(member: bytes | str, score: bytes | str | float) -> HistoryEntry:
-    text = member.decode() if isinstance(member, bytes) else member
-    event_id, item_id, event_type = text.split("\t")
-    return HistoryEntry(event_id, item_id, event_type, float(score))
 
 
 _NEW_TUPLE = tuple.__new__

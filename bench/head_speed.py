@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.evaluate import next_item_task
-from serving.offline import load_run, prepare
-from serving.scoring import left_pad
+from serving.model_server.scoring import left_pad
+from serving.offline.evaluate import next_item_task
+from serving.offline.runs import load_run, prepare
 
 
 def timed(fn, repeats: int) -> float:

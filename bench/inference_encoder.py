@@ -3,7 +3,7 @@
 Every variant goes from texts to unit vectors, tokenizer included (as Triton's model
 does), on the exact ONNX file Triton serves. Variants:
 
-- ``torch eager``: ``serving.encoder.ItemEncoder`` in PyTorch, fp32: the baseline;
+- ``torch eager``: ``serving.offline.encoder.ItemEncoder`` in PyTorch, fp32: the baseline;
 - ``ort <level>``: the served graph at each ONNX Runtime graph optimisation level
   (``all`` is the default, so it is what Triton runs);
 - ``ort bert-fused``: the graph rewritten offline by onnxruntime's transformer optimizer
@@ -14,7 +14,7 @@ does), on the exact ONNX file Triton serves. Variants:
 
 Parity, over the 1,682 MovieLens titles: cosine of each variant's vectors with the served
 fp32 vectors (min and mean), the share of each item's 10 nearest items that stay the same,
-and zero-shot Recall@10 on MovieLens (``serving.baselines.zero_shot_mean``: the served
+and zero-shot Recall@10 on MovieLens (``serving.offline.baselines.zero_shot_mean``: the served
 zero-shot recommender) on the validation and test splits, plus the trained head's
 Recall@10 where a trained head run is present (its item tower reads these vectors).
 """
@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 
 from bench.inference_common import timed
-from serving.tokenize import BatchTokenizer, load_tokenizer
+from serving.model_server.tokenize import BatchTokenizer, load_tokenizer
 
 LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -69,7 +69,7 @@ def ort_encoder(path: Path, tokenizer: BatchTokenizer, level: str = "all") -> En
 
 
 def torch_encoder(tokenizer: BatchTokenizer, device: str = "cpu") -> Encode:
-    from serving.encoder import ItemEncoder
+    from serving.offline.encoder import ItemEncoder
 
     model = ItemEncoder().eval().to(device)
 
@@ -145,7 +145,7 @@ def bench_speed(
 
 
 def encode_all(encode: Encode, texts: list[str], batch: int = 64) -> np.ndarray:
-    """The way ``serving.item_vectors`` encodes a catalog: batches of 64, padded."""
+    """The way ``serving.offline.item_vectors`` encodes a catalog: batches of 64, padded."""
     return np.concatenate([encode(texts[i : i + batch]) for i in range(0, len(texts), batch)])
 
 
@@ -169,8 +169,8 @@ def neighbour_overlap(vectors: np.ndarray, reference: np.ndarray, k: int = 10) -
 
 def recall_metrics(vectors: np.ndarray, split, head_run: Path | None) -> dict[str, float]:
     """Zero-shot (and trained-head) Recall@10 with these item vectors, as served."""
-    from serving import baselines
-    from serving.evaluate import evaluate, next_item_task
+    from serving.offline import baselines
+    from serving.offline.evaluate import evaluate, next_item_task
 
     padded = np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors])
     metrics = {}
@@ -179,8 +179,8 @@ def recall_metrics(vectors: np.ndarray, split, head_run: Path | None) -> dict[st
         score = baselines.zero_shot_mean(padded)
         metrics[f"zero_shot_recall@10_{stage}"] = evaluate(score, task)["recall@10"]
         if head_run is not None:
-            from serving.offline import load_run
-            from serving.train import score_fn
+            from serving.offline.runs import load_run
+            from serving.offline.train import score_fn
 
             model, _ = load_run(head_run, padded)
             metrics[f"head_recall@10_{stage}"] = evaluate(score_fn(model), task)["recall@10"]

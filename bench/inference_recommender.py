@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from bench.inference_common import mib, peak_rss_bytes, reset_peak_rss, rss_bytes, timed
-from serving.ann_index import AnnConfig
-from serving.catalog_matrix import CatalogMatrix
-from serving.ranker import Ranker, approximate_top_n, exact_top_n
-from serving.scoring import history_weights, top_k, user_vectors
+from serving.model_server.ann_index import AnnConfig
+from serving.model_server.catalog_matrix import CatalogMatrix
+from serving.model_server.ranker import Ranker, approximate_top_n, exact_top_n
+from serving.model_server.scoring import history_weights, top_k, user_vectors
 
 CANDIDATES = 50  # the recommender's diversity_candidates
 DIVERSITY = 0.8  # the served MMR lambda (STREAMREC_POLICY__DIVERSITY)

@@ -27,7 +27,7 @@ from bench import inference_encoder as encoder_bench
 from bench import inference_recommender as rec
 from bench.inference_common import machine
 from bench.inference_report import plot_users_per_s, report
-from serving.ann_index import AnnConfig
+from serving.model_server.ann_index import AnnConfig
 
 ONNX = Path("model_repository/item_embedder/1/model.onnx")
 HEAD_RUN = Path("var/models/head")
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from serving.offline import prepare  # MovieLens + its BERT vectors from the served ONNX
+    from serving.offline.runs import prepare  # MovieLens + its BERT vectors from the served ONNX
 
     prepared = prepare()
     base = prepared.text_vectors[1:]  # row 0 is padding
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = None
     if "encoder" in args.parts or "triton" in args.parts:
-        from serving.tokenize import load_tokenizer
+        from serving.model_server.tokenize import load_tokenizer
 
         tokenizer = load_tokenizer(ONNX.parent / "tokenizer.json")
     if "encoder" in args.parts:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _movielens_texts(prepared) -> list[str]:
-    from serving.data import load_movielens
+    from serving.offline.data import load_movielens
 
     by_id = {m.item_id: m for m in load_movielens().movies}
     return [by_id[i].text for i in prepared.sequences.item_ids]
@@ -138,8 +138,8 @@ def _movielens_texts(prepared) -> list[str]:
 
 def _triton(args, base, histories, purchased, tokenizer) -> dict:
     from bench.inference_triton import bench_triton
-    from serving.catalog_matrix import CatalogMatrix
-    from serving.ranker import Ranker
+    from serving.model_server.catalog_matrix import CatalogMatrix
+    from serving.model_server.ranker import Ranker
 
     catalogs = {n: rec.synthetic_catalog(base, n, "movielens") for n in args.triton_catalogs}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.inference_common import timed
-from stream_app.catalog import CatalogKeys, CatalogStore, redis_client
-from stream_app.config import Settings
-from stream_app.devstack import DevStack, port_open
-from stream_app.events import ItemUpsert
-from stream_app.inference import HistoryRow, TritonRecommender
+from stream_app.core.events import ItemUpsert
+from stream_app.core.keys import CatalogKeys
+from stream_app.core.settings import Settings
+from stream_app.devtools.devstack import DevStack, port_open
+from stream_app.devtools.redis_io import CatalogStore, redis_client
+from stream_app.devtools.stats import percentile
+from stream_app.worker.ports import HistoryRow
+from stream_app.worker.triton_client import TritonRecommender
 
 PORTS = {"http_port": 18000, "grpc_port": 18001, "metrics_port": 18002}
 KEY_PREFIX = "bench-inf:"
@@ -89,11 +91,10 @@ def latencies(run: Callable[[], Awaitable[object]], loop, budget_s: float) -> li
 
 def summary(times: list[float], per_call: int) -> dict:
     """Throughput from the fastest call, as the in-process numbers; latency percentiles."""
-    ordered = sorted(times)
     return {
-        "per_s": per_call / ordered[0],
-        "p50_ms": 1000 * statistics.median(times),
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "per_s": per_call / min(times),
+        "p50_ms": 1000 * percentile(times, 50),
+        "p99_ms": 1000 * percentile(times, 99),
     }
 
 

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 in plain PyTorch: the item encoder without ``transformers``.
 
 The GPU machine lent for benchmarks has PyTorch but not ``transformers``, so
-``serving.encoder.ItemEncoder`` cannot load there. This is the same network (BERT: 6
+``serving.offline.encoder.ItemEncoder`` cannot load there. This is the same network (BERT: 6
 layers, hidden 384, 12 heads, GELU feed-forward of 1536; mean pooling and L2 norm as the
 item encoder does), with the same parameter names' layout after ``load_bert_state``, and
 ``tests/unit/test_gpu_speed.py`` checks it against ``ItemEncoder`` on the CPU.

@@ -22,13 +22,13 @@ import redis
 import tritonclient.http as httpclient
 from confluent_kafka import Consumer
 
-from stream_app.catalog import CatalogStore, redis_client
-from stream_app.config import Settings
-from stream_app.errors import InvalidEvent
-from stream_app.events import Recommendations, parse_interaction
-from stream_app.kafka_io import client_config, producer
-from stream_app.policy import Candidate, assemble, excluded_items
-from stream_app.privacy import Pseudonymiser
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.events import Recommendations, parse_interaction
+from stream_app.core.policy import Candidate, assemble, excluded_items
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.core.settings import Settings
+from stream_app.devtools.kafka_io import client_config, producer
+from stream_app.devtools.redis_io import CatalogStore, redis_client
 
 TRENDING_READ = 100
 

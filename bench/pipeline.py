@@ -29,15 +29,17 @@ import psutil
 
 from bench.inference_common import machine
 from bench.profile import Profiler
-from bench.report import percentile, write_report
-from serving.data import load_movielens
-from stream_app.config import Settings
-from stream_app.demo import WorkerProcess, prepare_stack, settings_env
-from stream_app.devstack import isolated
-from stream_app.errors import StackError
-from stream_app.kafka_io import TopicReader, ensure_topics
-from stream_app.probes import metric_sum
-from stream_app.replay import PlannedEvent, replay
+from bench.report import write_report
+from serving.offline.data import load_movielens
+from stream_app.core.errors import StackError
+from stream_app.core.settings import Settings
+from stream_app.devtools.demo import prepare_stack
+from stream_app.devtools.devstack import isolated
+from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.probes import metric_sum
+from stream_app.devtools.replay import PlannedEvent, replay
+from stream_app.devtools.stats import percentile
+from stream_app.devtools.worker_process import WorkerProcess, settings_env
 
 VAR = Path("var/bench")
 PURCHASE_SHARE = 0.2

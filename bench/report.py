@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stream_app.devtools.stats import percentile
+
 P99_TARGET_MS = 250.0
 SPEEDUP_TARGET = 10.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (nan for no values)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 def label(phase: dict) -> str:

@@ -9,30 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from serving.offline_args import add_offline_commands
-from stream_app import logs
-from stream_app.config import Settings
-from stream_app.errors import ConfigError, StackError
+from serving.offline.commands import add_offline_commands
+from stream_app.core import logs
+from stream_app.core.errors import ConfigError, StackError
+from stream_app.core.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 
-def load_settings() -> Settings:
-    """Settings from the environment; a bad value fails here, naming the variable."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            path = "__".join(str(part) for part in error["loc"]).upper()
-            problems.append(f"STREAMREC_{path}: {error['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
-
-
 def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
-    from stream_app.demo import prepare_stack
+    from stream_app.devtools.demo import prepare_stack
 
     # Ctrl-C and SIGTERM both end in the stack's clean stop, even where the shell that
     # started us ignores SIGINT (background jobs).
@@ -52,27 +38,23 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
-    from stream_app.app import GracefulWorker, create_app
+    from stream_app.worker.app import run_worker
 
-    app = create_app(settings)
-    worker = GracefulWorker(
-        app, settings.worker.shutdown_grace_s, loglevel=settings.log_level.lower(), quiet=True
-    )
-    worker.execute_from_commandline()
+    run_worker(settings)
 
 
 def cmd_catalog(settings: Settings, args: argparse.Namespace) -> None:
-    from serving.data import load_movielens
-    from stream_app.catalog_loader import load_catalog
+    from serving.offline.data import load_movielens
+    from stream_app.devtools.catalog_loader import load_catalog
 
     size = load_catalog(settings, list(load_movielens().movies), force=args.force)
     print(f"catalog: {size} items in Redis under {settings.redis.key_prefix!r}")
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
-    from serving.data import load_movielens
-    from stream_app.kafka_io import ensure_topics
-    from stream_app.replay import plan_events, replay
+    from serving.offline.data import load_movielens
+    from stream_app.devtools.kafka_io import ensure_topics
+    from stream_app.devtools.replay import plan_events, replay
 
     ensure_topics(settings.kafka)
     events = list(plan_events(load_movielens().ratings, run_id=args.run_id))[: args.limit]
@@ -84,26 +66,26 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
-    from serving.export import export_item_embedder
+    from serving.offline.export_encoder import export_item_embedder
 
     version_dir = export_item_embedder(Path(settings.triton.model_repository), force=args.force)
     print(f"item_embedder exported to {version_dir}")
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> None:
-    from serving.offline import train_command
+    from serving.offline.runs import train_command
 
     train_command(args, Path(settings.triton.model_repository))
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> None:
-    from serving.offline import evaluate_command
+    from serving.offline.runs import evaluate_command
 
     evaluate_command(args)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
-    from stream_app.demo import run_demo
+    from stream_app.devtools.demo import run_demo
 
     run_demo(settings, events=args.events, rate_per_s=args.rate)
 

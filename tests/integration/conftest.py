@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from serving.data import load_movielens
-from stream_app.catalog import redis_client
-from stream_app.catalog_loader import load_catalog
-from stream_app.config import Settings
-from stream_app.devstack import DevStack, free_port
-from stream_app.devstack import isolated as devstack_isolated
+from serving.offline.data import load_movielens
+from stream_app.core.settings import Settings
+from stream_app.devtools.catalog_loader import load_catalog
+from stream_app.devtools.devstack import DevStack, free_port
+from stream_app.devtools.devstack import isolated as devstack_isolated
+from stream_app.devtools.redis_io import redis_client
 
 VAR = Path("var/test")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_app.metrics import REGISTRY
+from stream_app.worker.metrics import REGISTRY
 from tests.integration.promql import metric_names
 
 pytestmark = pytest.mark.integration

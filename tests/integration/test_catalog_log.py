@@ -1,19 +1,28 @@
-"""The catalog log against a real Redis: what every recommender instance tails."""
+"""The catalog log against a real Redis: what the worker writes and every recommender
+instance tails. The worker's catalog contract runs on the Redis adapter and on the
+in-memory double the unit tests use in its place."""
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 import pytest
 
-from serving.catalog_matrix import CatalogMatrix
-from stream_app.catalog import CatalogItem, CatalogStore, CatalogTailer
+from serving.model_server.catalog_matrix import CatalogMatrix
+from serving.model_server.catalog_tailer import CatalogTailer
+from stream_app.core.events import ItemUpsert
+from stream_app.devtools.redis_io import CatalogStore
+from stream_app.worker.catalog import RedisCatalog
+from stream_app.worker.connections import redis_client
+from stream_app.worker.testing import InMemoryCatalog
 from tests.integration.conftest import unique
 
 pytestmark = pytest.mark.integration
 
 
-def item(item_id: str) -> CatalogItem:
-    return CatalogItem(item_id, f"title {item_id}", f"text {item_id}")
+def item(item_id: str) -> ItemUpsert:
+    return ItemUpsert(item_id, f"title {item_id}", f"text {item_id}")
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -53,3 +62,24 @@ def test_a_tailer_that_missed_trimmed_entries_reloads_a_snapshot(redis_sync, sta
 
     assert sorted(matrix.item_ids) == ["b", "c"] and matrix.active.all()
     assert tailer.seq == 4
+
+
+@pytest.mark.parametrize("kind", ["redis", "in_memory"])
+def test_the_worker_catalog_applies_changes_and_knows_only_live_items(kind, request):
+    async def scenario(catalog):
+        await catalog.apply([item("a"), item("b")], vectors(2), [])
+        await catalog.apply([item("c")], vectors(1), ["a"], {"c": 1000.0})
+        return await catalog.known(["a", "b", "c", "zz"]), await catalog.titles(["a", "c"])
+
+    async def on_redis():
+        settings = request.getfixturevalue("stack_settings")
+        request.getfixturevalue("stack")
+        client = redis_client(settings)
+        try:
+            return await scenario(RedisCatalog(client, unique("cat") + ":"))
+        finally:
+            await client.aclose()
+
+    known, titles = asyncio.run(on_redis() if kind == "redis" else scenario(InMemoryCatalog()))
+    assert known == {"b", "c"}
+    assert titles == {"c": "title c"}

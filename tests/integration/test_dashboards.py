@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.demo import WorkerProcess
-from stream_app.devstack import ManagedProcess, free_port, http_ok
-from stream_app.kafka_io import ensure_topics
-from stream_app.probes import recommendations_after
-from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools.devstack import ManagedProcess, free_port, http_ok
+from stream_app.devtools.kafka_io import ensure_topics
+from stream_app.devtools.probes import recommendations_after
+from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools.worker_process import WorkerProcess
 from tests.integration.conftest import VAR, isolated, unique, wait_until
 from tests.integration.promql import metric_names
 

@@ -24,9 +24,9 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from stream_app.config import Settings
-from stream_app.devstack import DevStack, ManagedProcess, free_port, port_open
-from stream_app.errors import StackError
+from stream_app.core.errors import StackError
+from stream_app.core.settings import Settings
+from stream_app.devtools.devstack import DevStack, ManagedProcess, free_port, port_open
 from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -241,8 +241,8 @@ def test_children_do_not_outlive_the_launcher(how: signal.Signals, tmp_path: Pat
     script = textwrap.dedent(
         f"""
         import json, time
-        from stream_app.config import Settings
-        from stream_app.devstack import DevStack
+        from stream_app.core.settings import Settings
+        from stream_app.devtools.devstack import DevStack
         settings = Settings(redis={{"url": "redis://127.0.0.1:{redis_port}/0"}})
         with DevStack(settings, workdir={str(tmp_path)!r}, components=["redis"]) as stack:
             print(json.dumps({{"pid": stack.process("redis").pid}}), flush=True)

@@ -15,19 +15,21 @@ import numpy as np
 import pytest
 import torch
 
-from serving.head import HeadConfig
-from serving.offline import (
+from serving.model_server.scoring import left_pad, top_k
+from serving.offline.head import HeadConfig
+from serving.offline.runs import (
     export_run,
     prepare,
     protocol_data,
     run_head,
     save_run,
 )
-from serving.scoring import left_pad, top_k
-from serving.train import TrainConfig
-from stream_app.catalog import CatalogItem, CatalogStore, redis_client
-from stream_app.devstack import DevStack, free_port
-from stream_app.inference import HistoryRow, TritonRecommender
+from serving.offline.train import TrainConfig
+from stream_app.core.events import ItemUpsert
+from stream_app.devtools.devstack import DevStack, free_port
+from stream_app.devtools.redis_io import CatalogStore, redis_client
+from stream_app.worker.ports import HistoryRow
+from stream_app.worker.triton_client import TritonRecommender
 from tests.integration.conftest import VAR, unique
 
 pytestmark = pytest.mark.integration
@@ -49,7 +51,7 @@ def test_exported_head_serves_the_same_top10_as_pytorch(stack_settings, stack, t
     prefix = unique("streamrec-head-test") + ":"
     item_ids = prepared.sequences.item_ids
     catalog = CatalogStore(redis_client(stack_settings), prefix)
-    catalog.upsert([CatalogItem(i, i, i) for i in item_ids], prepared.text_vectors[1:])
+    catalog.upsert([ItemUpsert(i, i, i) for i in item_ids], prepared.text_vectors[1:])
     grpc_port = free_port()
     settings = stack_settings.model_copy(
         update={

@@ -1,6 +1,8 @@
 """The Redis history adapter against a real Redis.
 
-The Lua script is the heart of idempotency; only a real server runs it.
+The Lua script is the heart of idempotency; only a real server runs it. The tests of the
+History contract run twice: on the Redis adapter and on ``worker.testing.InMemoryHistory``,
+the double the unit tests use in its place, so the double cannot drift from the adapter.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from stream_app.catalog import CatalogKeys
-from stream_app.events import Interaction
-from stream_app.history import HistoryStore
-from stream_app.popularity import Popularity
+from stream_app.core.events import Interaction
+from stream_app.core.keys import CatalogKeys
+from stream_app.worker.history import RedisHistory
+from stream_app.worker.popularity import RedisPopularity
+from stream_app.worker.testing import InMemoryHistory
 from tests.integration.conftest import unique
 
 pytestmark = pytest.mark.integration
@@ -22,7 +25,7 @@ pytestmark = pytest.mark.integration
 def run(coro_factory, settings, **limits):
     async def main():
         client = aioredis.Redis.from_url(settings.redis.url)
-        store = HistoryStore(
+        store = RedisHistory(
             client,
             settings.redis.key_prefix,
             history_length=limits.get("history_length", 5),
@@ -37,41 +40,69 @@ def run(coro_factory, settings, **limits):
     return asyncio.run(main())
 
 
+@pytest.fixture(params=["redis", "in_memory"])
+def history(request):
+    """Runs ``coro_factory(store)`` on one History of length 5 kept for the test: the Redis
+    adapter, or the in-memory double."""
+    if request.param == "in_memory":
+        double = InMemoryHistory(history_length=5)
+        return lambda coro_factory: asyncio.run(coro_factory(double))
+    request.getfixturevalue("stack")
+    settings = request.getfixturevalue("stack_settings")
+    return lambda coro_factory: run(coro_factory, settings)
+
+
 def click(user: str, n: int, ts: float | None = None, kind: str = "click") -> Interaction:
     return Interaction(f"{user}-e{n}", user, f"item{n}", kind, 1000.0 + n if ts is None else ts)
 
 
-def test_history_keeps_the_newest_events_in_time_order(stack_settings, stack):
+def test_history_keeps_the_newest_events_in_time_order(history):
     user = unique("u")
     events = [click(user, n) for n in range(8)]
 
-    updates = run(lambda s: s.append_batch(events), stack_settings)
+    updates = history(lambda s: s.append_batch(events))
 
     (update,) = updates
     assert update.new_event_ids == tuple(e.event_id for e in events)
     assert [h.item_id for h in update.history] == [f"item{n}" for n in range(3, 8)]
 
 
-def test_redelivered_events_change_nothing(stack_settings, stack):
+def test_redelivered_events_change_nothing(history):
     user = unique("u")
     events = [click(user, n) for n in range(4)]
 
     async def twice(store):
-        first = await store.append_batch(events)
-        second = await store.append_batch(events + events[:1])
-        return first, second, await store.history(user)
+        return await store.append_batch(events), await store.append_batch(events + events[:1])
 
-    first, second, history = run(twice, stack_settings)
+    first, second = history(twice)
 
     assert len(first[0].new_event_ids) == 4
     assert second[0].new_event_ids == ()
-    assert history == first[0].history
+    assert second[0].history == first[0].history
 
 
-def test_late_events_land_in_their_place(stack_settings, stack):
+def test_same_time_events_order_by_member_as_a_sorted_set_does(history):
     user = unique("u")
-    run(lambda s: s.append_batch([click(user, 1), click(user, 3)]), stack_settings)
-    updates = run(lambda s: s.append_batch([click(user, 2, kind="purchase")]), stack_settings)
+    events = [Interaction(e, user, e, "click", 1000.0) for e in ("b", "c", "a", "d", "f", "e")]
+    (update,) = history(lambda s: s.append_batch(events))
+    assert [h.event_id for h in update.history] == ["b", "c", "d", "e", "f"]  # "a": trimmed
+
+
+def test_history_reads_back_what_the_batch_returned(stack_settings, stack):
+    user = unique("u")
+
+    async def append_and_read(store):
+        (update,) = await store.append_batch([click(user, n) for n in range(3)])
+        return update.history, await store.history(user)
+
+    returned, read = run(append_and_read, stack_settings)
+    assert read == returned and len(read) == 3
+
+
+def test_late_events_land_in_their_place(history):
+    user = unique("u")
+    history(lambda s: s.append_batch([click(user, 1), click(user, 3)]))
+    updates = history(lambda s: s.append_batch([click(user, 2, kind="purchase")]))
     assert [h.item_id for h in updates[0].history] == ["item1", "item2", "item3"]
     assert updates[0].history[1].is_purchase
 
@@ -97,7 +128,7 @@ def test_recommendations_cache_round_trip(stack_settings, stack):
     assert run(save_and_read, stack_settings) == (b'{"items": []}', None)
 
 
-def test_purchases_outlive_the_history_window_and_the_last_list_comes_back(stack_settings, stack):
+def test_purchases_outlive_the_history_window_and_the_last_list_comes_back(history):
     user = unique("u")
     bought = click(user, 0, kind="purchase")
     later = [click(user, n) for n in range(1, 8)]  # pushes the purchase out of 5 events
@@ -107,15 +138,17 @@ def test_purchases_outlive_the_history_window_and_the_last_list_comes_back(stack
         await store.save_recommendations({user: b'{"items": []}'})
         return await store.append_batch(later)
 
-    (update,) = run(scenario, stack_settings)
+    (update,) = history(scenario)
     assert "item0" not in [h.item_id for h in update.history]
     assert update.purchased == frozenset({"item0"})
     assert update.last_recommendations == b'{"items": []}'
 
 
-def popularity(settings, half_life_s: float = 100.0, max_items: int = 100) -> Popularity:
+def popularity(settings, half_life_s: float = 100.0, max_items: int = 100) -> RedisPopularity:
     client = aioredis.Redis.from_url(settings.redis.url)
-    return Popularity(client, unique("pop") + ":", half_life_s, max_items, 0.0, 3600)  # no reuse
+    return RedisPopularity(
+        client, unique("pop") + ":", half_life_s, max_items, 0.0, 3600
+    )  # no reuse
 
 
 def test_trending_decays_with_event_time_and_survives_a_rebase(stack_settings, stack, catalog):

@@ -21,15 +21,16 @@ import pytest
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
 
-from stream_app import probes
-from stream_app.catalog import CatalogItem, CatalogStore
-from stream_app.config import Settings
-from stream_app.demo import WorkerProcess
-from stream_app.history import HistoryStore
-from stream_app.kafka_io import TopicReader, all_topics, client_config, ensure_topics
-from stream_app.privacy import Pseudonymiser
-from stream_app.probes import metric_sum, scrape
-from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools import probes
+from stream_app.core.events import ItemUpsert
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.core.settings import Settings
+from stream_app.devtools.kafka_io import TopicReader, all_topics, client_config, ensure_topics
+from stream_app.devtools.probes import metric_sum, scrape
+from stream_app.devtools.redis_io import CatalogStore
+from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.worker.history import RedisHistory
 from tests.integration.conftest import VAR, isolated, unique, wait_until
 
 pytestmark = pytest.mark.integration
@@ -121,7 +122,7 @@ def read_histories(settings: Settings, users) -> dict:
 
     async def main():
         client = aioredis.Redis.from_url(settings.redis.url)
-        store = HistoryStore(client, settings.redis.key_prefix, HISTORY_LENGTH, 1000, 3600)
+        store = RedisHistory(client, settings.redis.key_prefix, HISTORY_LENGTH, 1000, 3600)
         try:
             return {u: await store.history(pseudonym(u)) for u in users}
         finally:
@@ -369,7 +370,7 @@ def test_purchased_items_never_come_back(settings, processed, redis_sync):
     store = CatalogStore(redis_sync, settings.redis.key_prefix)
     twin = unique("toy-story-twin")
     vector = redis_sync.hget(f"{settings.redis.key_prefix}{{catalog}}:vectors", "1")
-    store.upsert([CatalogItem(twin, "Toy Story twin", "twin")], np.frombuffer(vector, "<f4")[None])
+    store.upsert([ItemUpsert(twin, "Toy Story twin", "twin")], np.frombuffer(vector, "<f4")[None])
     buyer = unique("buyer")
     recommendations_after(settings, PlannedEvent(buyer, unique("e"), "1", "purchase"))
     for _ in range(HISTORY_LENGTH + 1):

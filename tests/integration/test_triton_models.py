@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from serving.encoder import ItemEncoder, bundled_model_dir
-from serving.tokenize import load_tokenizer
-from stream_app.catalog import CatalogItem, CatalogStore
-from stream_app.errors import InferenceUnavailable
-from stream_app.inference import HistoryRow, TritonRecommender
-from stream_app.probes import scrape
+from serving.model_server.tokenize import load_tokenizer
+from serving.offline.encoder import ItemEncoder, bundled_model_dir
+from stream_app.core.errors import InferenceUnavailable
+from stream_app.core.events import ItemUpsert
+from stream_app.devtools.probes import scrape
+from stream_app.devtools.redis_io import CatalogStore
+from stream_app.worker.ports import HistoryRow
+from stream_app.worker.triton_client import TritonRecommender
 from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -101,7 +103,7 @@ def test_catalog_changes_reach_the_recommender_through_the_log(stack_settings, c
     fan = [HistoryRow(["1"], [False], exclude=["1"])]
     before = freshness_count(stack_settings)
     # A twin of Toy Story's vector is the best possible match for a Toy Story fan.
-    store.upsert([CatalogItem("toy-story-twin", "Toy Story twin", "twin")], toy_story[None, :])
+    store.upsert([ItemUpsert("toy-story-twin", "Toy Story twin", "twin")], toy_story[None, :])
 
     def best() -> str:
         return call(stack_settings, "recommend", fan, 3).lists[0][0].item_id

@@ -20,16 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
-from stream_app.catalog import redis_client
-from stream_app.config import Settings
-from stream_app.demo import WorkerProcess
-from stream_app.devstack import ManagedProcess, port_open
-from stream_app.history import HistoryStore
-from stream_app.kafka_io import TopicReader, ensure_topics
-from stream_app.privacy import Pseudonymiser
-from stream_app.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.core.settings import Settings
+from stream_app.devtools.devstack import ManagedProcess, port_open
+from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.worker.connections import redis_client as worker_redis_client
+from stream_app.worker.history import RedisHistory
 from tests.integration.conftest import (  # noqa: F401  (session fixtures shared with integration/)
     VAR,
     catalog,
@@ -94,8 +93,8 @@ def stored_histories(settings: Settings, users) -> dict[str, list[tuple[str, str
     redis = settings.redis
 
     async def main():
-        client = redis_client(settings, aioredis.Redis)  # with the settings' credentials
-        store = HistoryStore(client, redis.key_prefix, redis.history_length, 1000, 3600)
+        client = worker_redis_client(settings)  # with the settings' credentials
+        store = RedisHistory(client, redis.key_prefix, redis.history_length, 1000, 3600)
         try:
             return {
                 u: [(h.event_id, h.item_id) for h in await store.history(pseudonym(u))]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stream_app.devstack import free_port
+from stream_app.devtools.devstack import free_port
 from tests.reliability.conftest import (
     dead_letters,
     history_errors,

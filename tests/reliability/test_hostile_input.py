@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from stream_app.kafka_io import TopicReader
-from stream_app.replay import PlannedEvent, produce_raw
+from stream_app.devtools.kafka_io import TopicReader
+from stream_app.devtools.replay import PlannedEvent, produce_raw
 from tests.reliability.conftest import ensure, isolated, record, wait_for_final_lists, worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]

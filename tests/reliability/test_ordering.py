@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from stream_app.privacy import Pseudonymiser
-from stream_app.replay import PlannedEvent, encode, produce_raw
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.devtools.replay import PlannedEvent, encode, produce_raw
 from tests.integration.conftest import unique
 from tests.reliability.conftest import record, stored_histories, wait_for_final_lists, worker
 

@@ -11,10 +11,10 @@ import urllib.request
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from stream_app.devstack import DevStack, free_port
-from stream_app.kafka_io import TopicReader, client_config
-from stream_app.probes import scrape
-from stream_app.replay import replay
+from stream_app.devtools.devstack import DevStack, free_port
+from stream_app.devtools.kafka_io import TopicReader, client_config
+from stream_app.devtools.probes import scrape
+from stream_app.devtools.replay import replay
 from tests.integration.conftest import VAR, unique, wait_until
 from tests.reliability.conftest import (
     RedisServer,

@@ -8,14 +8,13 @@ import shutil
 import urllib.request
 
 import pytest
-import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from stream_app.catalog import redis_client
-from stream_app.devstack import ManagedProcess, free_port, port_open
-from stream_app.errors import RedisUnavailable
-from stream_app.history import HistoryStore
-from stream_app.replay import replay
+from stream_app.core.errors import RedisUnavailable
+from stream_app.devtools.devstack import ManagedProcess, free_port, port_open
+from stream_app.devtools.replay import replay
+from stream_app.worker.connections import redis_client as worker_redis_client
+from stream_app.worker.history import RedisHistory
 from tests.integration.conftest import VAR, unique
 from tests.reliability.conftest import (
     ensure,
@@ -70,8 +69,8 @@ def test_an_acl_user_with_a_password_file_works_and_the_password_never_shows(
     wrong = settings.model_copy(
         update={"redis": settings.redis.model_copy(update={"password": SecretStr("not-it")})}
     )
-    client = redis_client(wrong, aioredis.Redis)
-    store = HistoryStore(client, wrong.redis.key_prefix, 50, 1000, 3600)
+    client = worker_redis_client(wrong)
+    store = RedisHistory(client, wrong.redis.key_prefix, 50, 1000, 3600)
     with pytest.raises(RedisUnavailable) as refused:
         asyncio.run(store.latest_recommendations("anyone"))
     assert "AuthenticationError" in str(refused.value)

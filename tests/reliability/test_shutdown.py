@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from stream_app.devstack import free_port
-from stream_app.probes import scrape
-from stream_app.replay import replay
+from stream_app.devtools.devstack import free_port
+from stream_app.devtools.probes import scrape
+from stream_app.devtools.replay import replay
 from tests.integration.conftest import wait_until
 from tests.reliability.conftest import (
     RedisServer,

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from serving import ranker as ranker_module
-from serving.ann_index import AnnConfig, AnnIndex
-from serving.catalog_matrix import CatalogMatrix
-from serving.ranker import Ranker, approximate_top_n, exact_top_n
+from serving.model_server import ranker as ranker_module
+from serving.model_server.ann_index import AnnConfig, AnnIndex
+from serving.model_server.catalog_matrix import CatalogMatrix
+from serving.model_server.ranker import Ranker, approximate_top_n, exact_top_n
 
 
 def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:

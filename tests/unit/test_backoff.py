@@ -1,6 +1,6 @@
 from itertools import islice
 
-from stream_app.backoff import Backoff, CircuitBreaker
+from stream_app.core.backoff import Backoff, CircuitBreaker
 
 
 def test_delays_grow_exponentially_up_to_the_cap():

@@ -7,7 +7,8 @@ import math
 
 from bench.pipeline import plan
 from bench.profile import top_functions
-from bench.report import percentile, split_table, verdicts
+from bench.report import split_table, verdicts
+from stream_app.devtools.stats import percentile
 
 
 def test_percentile_is_nearest_rank():

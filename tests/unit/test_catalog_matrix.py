@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.catalog_matrix import CatalogMatrix
+from serving.model_server.catalog_matrix import CatalogMatrix
 
 
 def unit(*values: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 import pytest
 
-from stream_app.cli import load_settings
-from stream_app.errors import ConfigError
+from stream_app.core.errors import ConfigError
+from stream_app.core.settings import load_settings
 
 
 def test_nested_settings_come_from_the_environment(monkeypatch):

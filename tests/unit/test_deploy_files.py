@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from stream_app.cli import COMMANDS
-from stream_app.config import Settings
+from stream_app.core.settings import Settings
 
 DOCKER = Path("deploy/docker")
 

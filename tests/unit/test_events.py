@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from stream_app.errors import InvalidEvent
-from stream_app.events import (
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.events import (
     DLQ_REASONS,
     Recommendations,
     RecommendedItem,

@@ -9,8 +9,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.errors import InvalidEvent
-from stream_app.events import (
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.events import (
     DLQ_REASONS,
     EARLIEST_TS,
     EVENT_TYPES,

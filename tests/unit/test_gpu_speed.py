@@ -5,8 +5,8 @@ import torch
 
 from bench import gpu_speed
 from bench.minilm_torch import MiniLM, bundled_weights, load_bert_state
-from serving.encoder import ItemEncoder, bundled_model_dir
-from serving.tokenize import load_tokenizer
+from serving.model_server.tokenize import load_tokenizer
+from serving.offline.encoder import ItemEncoder, bundled_model_dir
 
 
 def test_plain_torch_minilm_matches_the_served_encoder():

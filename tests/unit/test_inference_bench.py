@@ -8,8 +8,8 @@ from bench.inference_common import markdown_table, ratio, timed
 from bench.inference_encoder import cosines, neighbour_overlap, texts_of_length
 from bench.inference_recommender import make_users, recall_at, synthetic_catalog
 from bench.inference_report import report
-from serving.encoder import bundled_model_dir
-from serving.tokenize import load_tokenizer
+from serving.model_server.tokenize import load_tokenizer
+from serving.offline.encoder import bundled_model_dir
 
 
 def unit_rows(n: int, dim: int = 8) -> np.ndarray:

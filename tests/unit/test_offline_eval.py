@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from serving.data import Sequences, leave_one_out
-from serving.evaluate import ranking_metrics, target_ranks
-from serving.head import HeadConfig, ScoringHead
-from serving.scoring import collapse_history, left_pad
-from serving.train import learned_id_rows, training_windows
+from serving.model_server.scoring import collapse_history, left_pad
+from serving.offline.data import Sequences, leave_one_out
+from serving.offline.evaluate import ranking_metrics, target_ranks
+from serving.offline.head import HeadConfig, ScoringHead
+from serving.offline.train import learned_id_rows, training_windows
 
 
 def sequences(*items) -> Sequences:

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from stream_app.events import RecommendedItem
-from stream_app.policy import (
+from stream_app.core.events import RecommendedItem
+from stream_app.core.policy import (
     Candidate,
     assemble,
     excluded_items,

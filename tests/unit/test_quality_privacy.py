@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from stream_app.privacy import Pseudonymiser
-from stream_app.quality import Hit, hit, position_bucket, shown_items
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.core.quality import Hit, hit, position_bucket, shown_items
 
 
 def test_position_buckets():

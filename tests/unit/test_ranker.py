@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from serving.catalog_matrix import CatalogMatrix
-from serving.ranker import Ranker
+from serving.model_server.catalog_matrix import CatalogMatrix
+from serving.model_server.ranker import Ranker
 
 
 def unit(*values: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from stream_app.config import settings_table
+from stream_app.core.settings import settings_table
 
 
 def test_readme_configuration_table_is_generated_from_settings():
@@ -9,7 +9,7 @@ def test_readme_configuration_table_is_generated_from_settings():
 
 
 def test_readme_names_every_metric_the_worker_exports():
-    from stream_app.metrics import REGISTRY
+    from stream_app.worker.metrics import REGISTRY
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     names = [f.name + ("_total" if f.type == "counter" else "") for f in REGISTRY.collect()]

@@ -1,6 +1,6 @@
 import numpy as np
 
-from serving.scoring import history_weights, recommend, top_k, user_vectors
+from serving.model_server.scoring import history_weights, top_k, user_vectors
 
 
 def test_weights_decay_with_valid_age_and_favour_purchases():
@@ -29,19 +29,3 @@ def test_top_k_pads_when_too_few_are_eligible():
     indices, best = top_k(np.array([[0.2, 0.1]]), 2, exclude=np.array([[0]]))
     assert indices.tolist() == [[1, -1]]
     assert best[0, 1] == -np.inf
-
-
-def test_recommend_never_returns_history_and_cold_rows_are_empty():
-    rng = np.random.default_rng(0)
-    items = rng.normal(size=(20, 8)).astype(np.float32)
-    items /= np.linalg.norm(items, axis=1, keepdims=True)
-    rows = np.array([[4, 9, 2], [-1, -1, -1]])
-    indices, _ = recommend(items, rows, np.zeros(rows.shape, bool), k=5)
-    assert not set(indices[0]) & {4, 9, 2}
-    assert (indices[1] == -1).all()
-
-
-def test_recommend_prefers_items_close_to_the_history():
-    items = np.array([[1, 0], [0.99, 0.141], [0, 1], [0.141, 0.99]], dtype=np.float32)
-    indices, _ = recommend(items, np.array([[0]]), np.zeros((1, 1), bool), k=1)
-    assert indices.tolist() == [[1]]

@@ -5,11 +5,11 @@ import ssl
 import faust
 import pytest
 
-from stream_app.cli import load_settings
-from stream_app.config import Settings
-from stream_app.errors import ConfigError
-from stream_app.metrics import exposition
-from stream_app.security import confluent_security, faust_credentials, redis_options
+from stream_app.core.client_options import confluent_security, redis_options
+from stream_app.core.errors import ConfigError
+from stream_app.core.settings import Settings, load_settings
+from stream_app.worker.connections import faust_credentials
+from stream_app.worker.metrics import exposition
 
 SECRET = "correct-horse-battery-staple"
 
@@ -75,7 +75,11 @@ def test_secrets_can_come_from_mounted_files(monkeypatch, tmp_path):
     monkeypatch.setenv("STREAMREC_KAFKA__SASL_PASSWORD_FILE", str(tmp_path / "kafka"))
     monkeypatch.setenv("STREAMREC_PRIVACY__USER_ID_KEY_FILE", str(tmp_path / "key"))
     settings = load_settings()
-    assert redis_options(settings.redis) == {"username": "streamrec", "password": SECRET}
+    assert redis_options(settings.redis) == {
+        "socket_timeout": settings.redis.timeout_s,
+        "username": "streamrec",
+        "password": SECRET,
+    }
     assert settings.kafka.sasl_password.get_secret_value() == "kafka-pw"
     assert settings.privacy.user_id_key.get_secret_value() == "hmac-key"
 

@@ -1,3 +1,3 @@
-"""Triton loads this file; the model lives in serving/triton/item_embedder.py."""
+"""Triton loads this file; the model lives in serving/model_server/triton/item_embedder.py."""
 
-from serving.triton.item_embedder import TritonPythonModel  # noqa: F401
+from serving.model_server.triton.item_embedder import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Triton loads this file; the model lives in serving/triton/recommender.py."""
+"""Triton loads this file; the model lives in serving/model_server/triton/recommender.py."""
 
-from serving.triton.recommender import TritonPythonModel  # noqa: F401
+from serving.model_server.triton.recommender import TritonPythonModel  # noqa: F401

@@ -1,0 +1,115 @@
+"""Triton python-backend model: user histories -> top-K catalog items, with explanations.
+
+A version directory holding ``head.json`` serves the trained scoring head (ONNX, see
+``serving/offline/export_head.py``); one without serves the zero-shot weighted mean of BERT item
+vectors. Either way the catalog lives in Redis: each model instance loads a snapshot and
+then tails the catalog log in a background thread, so an upserted item is scorable as
+soon as its log entry is read (``streamrec_catalog_freshness_seconds`` on Triton's
+metrics port measures how soon). The maths is in ``serving.model_server.ranker``; this file only
+moves tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import redis
+import triton_python_backend_utils as pb_utils
+
+from serving.model_server.ann_index import DEFAULT_MIN_ITEMS, AnnConfig
+from serving.model_server.catalog_matrix import CatalogMatrix
+from serving.model_server.catalog_tailer import CatalogTailer
+from serving.model_server.head_runtime import HeadRuntime
+from serving.model_server.ranker import Ranker
+from serving.model_server.triton.tensor_io import (
+    answer_each,
+    config_parameter,
+    input_array,
+    output_dtype,
+    request_parameter,
+)
+from stream_app.core.client_options import redis_options
+from stream_app.core.settings import load_settings
+
+FRESHNESS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300]
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.score_dtype = output_dtype(config, "TOP_SCORES")
+        self.default_k = int(config_parameter(config, "default_top_k", "10"))
+        self.max_k = int(config_parameter(config, "max_top_k", "100"))
+        self.candidates = int(config_parameter(config, "diversity_candidates", "50"))
+        threads = int(config_parameter(config, "intra_op_threads", "0"))
+        head = HeadRuntime(version_dir, threads) if (version_dir / "head.json").exists() else None
+        self.model_version = (
+            head.model_version
+            if head
+            else config_parameter(config, "zero_shot_version", "weighted-mean-v1")
+        )
+        # Beyond ann_min_items active items ("off": never) the ranker searches an IVF index,
+        # built in a thread: requests are served by the exact scan until it is ready.
+        ann = AnnConfig.parse(
+            config_parameter(config, "ann_min_items", str(DEFAULT_MIN_ITEMS)),
+            config_parameter(config, "ann_nprobe", str(AnnConfig.nprobe)),
+        )
+        transform = head.item_vectors if head else None
+        matrix = CatalogMatrix(transform=transform, ann=ann, background_index=True)
+        self.ranker = Ranker(matrix, head)
+        freshness = pb_utils.MetricFamily(
+            name="streamrec_catalog_freshness_seconds",
+            description="From a catalog upsert entering Kafka to the item being scorable"
+            " in this recommender instance.",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self._freshness = freshness.Metric(
+            labels={"model": args["model_name"], "version": args["model_version"]},
+            buckets=FRESHNESS_BUCKETS,
+        )
+        self._families = [freshness]  # metric families must outlive their metrics
+        # Redis address and key prefix come from the same STREAMREC_ settings as the worker.
+        settings = load_settings()
+        # The tailer blocks up to a second on XREAD: its socket must wait longer than that.
+        options = redis_options(settings.redis, timeout_s=settings.redis.timeout_s + 1.0)
+        client = redis.Redis.from_url(settings.redis.url, **options)
+        self.tailer = CatalogTailer(
+            client, settings.redis.key_prefix, matrix, self._freshness.observe
+        )
+        self.tailer.start()
+
+    def _recommend(self, request) -> list:
+        k = request_parameter(request, "top_k", self.default_k)
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"top_k must be between 1 and {self.max_k}, got {k}")
+        diversity = request_parameter(request, "diversity", 1.0, float)
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
+        item_ids = input_array(request, "HISTORY_IDS")
+        purchased = input_array(request, "HISTORY_PURCHASED").astype(bool)
+        if item_ids.shape != purchased.shape:
+            raise ValueError("HISTORY_IDS and HISTORY_PURCHASED must have the same shape")
+        exclude = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_IDS")
+        exclude_ids = exclude.as_numpy() if exclude is not None else np.empty((len(item_ids), 0))
+        if len(exclude_ids) != len(item_ids):
+            raise ValueError("EXCLUDE_IDS needs one row per history")
+        with self.tailer.lock:
+            ranked = self.ranker.rank(
+                item_ids, purchased, exclude_ids, k, diversity, max(self.candidates, k)
+            )
+        version = np.full((len(item_ids), 1), self.model_version.encode(), dtype=np.object_)
+        return [
+            pb_utils.Tensor("TOP_IDS", ranked.item_ids.astype(np.object_)),
+            pb_utils.Tensor("TOP_SCORES", ranked.scores.astype(self.score_dtype)),
+            pb_utils.Tensor("BECAUSE_IDS", ranked.because_ids.astype(np.object_)),
+            pb_utils.Tensor("MODEL_VERSION", version),
+        ]
+
+    def execute(self, requests):
+        return answer_each(requests, self._recommend)
+
+    def finalize(self) -> None:
+        self.tailer.stop()

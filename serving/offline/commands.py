@@ -1,0 +1,58 @@
+"""Command-line arguments of ``train`` and ``evaluate``, shared by ``streamrec`` and
+``python -m serving.offline.runs`` (which needs none of the service's packages, so it also
+runs on a bare GPU machine)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_offline_commands(sub) -> None:
+    for name, text in [
+        ("train", "train the scoring head on MovieLens-100k (leave-one-out)"),
+        ("evaluate", "the offline table: baselines and heads, seeds, cold-start items"),
+    ]:
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--epochs", type=int, default=200)
+        command.add_argument("--patience", type=int, default=15)
+        command.add_argument("--lr", type=float, default=3e-3)
+        command.add_argument("--hidden", type=int, default=64)
+        command.add_argument("--dropout", type=float, default=0.2)
+        command.add_argument(
+            "--sampled-negatives",
+            type=int,
+            default=0,
+            help="0 = full softmax; n = sampled softmax with n negatives",
+        )
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--device", default="cpu", help="cpu or cuda")
+        command.add_argument(
+            "--vectors",
+            type=Path,
+            default=None,
+            help="precomputed item vectors (.npy, from the served ONNX encoder)",
+        )
+    train = sub.choices["train"]
+    train.add_argument("--no-text", action="store_true", help="id embeddings only (SASRec)")
+    train.add_argument("--no-ids", action="store_true", help="text only (no learned ids)")
+    train.add_argument(
+        "--id-dropout",
+        type=float,
+        default=0.5,
+        help="share of learned ids hidden per batch (keeps new items rankable by text)",
+    )
+    train.add_argument("--out", type=Path, default=Path("var/models/head"))
+    train.add_argument("--export", action="store_true", help="export into model_repository")
+    train.add_argument("--version", type=int, default=2, help="recommender version to write")
+    evaluate = sub.choices["evaluate"]
+    evaluate.add_argument("--seeds", type=int, default=3)
+    evaluate.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    evaluate.add_argument("--tune", action="store_true", help="grid-search hidden and dropout")
+    evaluate.add_argument("--out", type=Path, default=Path("bench/results/offline"))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m serving.offline.runs")
+    add_offline_commands(root.add_subparsers(dest="command", required=True))
+    return root

@@ -1,0 +1,102 @@
+"""Full-ranking offline evaluation: Recall@K, NDCG@K and MRR@10 on leave-one-out splits.
+
+Every model is scored over the whole catalog (no sampled negatives); items the user has
+already interacted with are masked, except the target itself. Ties count against the
+target (its rank is the number of items scoring higher or equal, others than itself),
+so a model that scores everything equally gets no credit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.offline.data import Sequences, Split
+
+KS = (10, 20)
+
+# histories (items, purchased) -> scores [users, n_items + 1], column 0 = padding
+ScoreFn = Callable[[list[Sequence[int]], list[Sequence[bool]]], np.ndarray]
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[Sequence[int]]):
+    """0-based rank of each user's target among all catalog items, history masked."""
+    scores = scores.astype(np.float64, copy=True)
+    scores[:, 0] = -np.inf
+    for row, (history, target) in enumerate(zip(histories, targets)):
+        seen = np.fromiter(history, dtype=np.int64)
+        scores[row, seen[seen != target]] = -np.inf
+    target_scores = scores[np.arange(len(targets)), targets][:, None]
+    return (scores >= target_scores).sum(axis=1) - 1
+
+
+def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    metrics = {}
+    for k in KS:
+        hit = ranks < k
+        metrics[f"recall@{k}"] = float(hit.mean())
+        metrics[f"ndcg@{k}"] = float((hit / np.log2(ranks + 2)).mean())
+    metrics["mrr@10"] = float(((ranks < 10) / (ranks + 1)).mean())
+    return metrics
+
+
+@dataclass(frozen=True)
+class Task:
+    """Histories to score and the item each user interacts with next."""
+
+    histories: list[tuple[int, ...]]
+    purchased: list[tuple[bool, ...]]
+    targets: np.ndarray
+
+
+def next_item_task(split: Split, stage: str) -> Task:
+    """``valid``: train -> validation item; ``test``: train + validation -> test item."""
+    if stage == "valid":
+        return Task(
+            list(split.train.items), list(split.train.purchased), np.array(split.valid_targets)
+        )
+    if stage == "test":
+        return Task(
+            [s[:-1] for s in split.full.items],
+            [p[:-1] for p in split.full.purchased],
+            np.array(split.test_targets),
+        )
+    raise ValueError(f"stage must be valid or test, not {stage!r}")
+
+
+def cold_start_task(split: Split, held_out: frozenset[int]) -> Task:
+    """Test events whose target is a held-out item; held-out items leave the histories too."""
+    rows = [i for i, t in enumerate(split.test_targets) if t in held_out]
+    pairs = [
+        [
+            (i, p)
+            for i, p in zip(split.full.items[r][:-1], split.full.purchased[r][:-1])
+            if i not in held_out
+        ]
+        for r in rows
+    ]
+    return Task(
+        [tuple(i for i, _ in p) for p in pairs],
+        [tuple(b for _, b in p) for p in pairs],
+        np.array([split.test_targets[r] for r in rows]),
+    )
+
+
+def evaluate(score: ScoreFn, task: Task, batch: int = 512) -> dict[str, float]:
+    ranks = []
+    for start in range(0, len(task.targets), batch):
+        end = start + batch
+        scores = score(task.histories[start:end], task.purchased[start:end])
+        ranks.append(target_ranks(scores, task.targets[start:end], task.histories[start:end]))
+    result = ranking_metrics(np.concatenate(ranks))
+    result["users"] = float(len(task.targets))
+    return result
+
+
+def held_out_items(sequences: Sequences, share: float = 0.1, seed: int = 0) -> frozenset[int]:
+    """A fixed random share of catalog rows, never shown to a model in training."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(1, sequences.n_items + 1)
+    return frozenset(int(r) for r in rng.choice(rows, int(len(rows) * share), replace=False))

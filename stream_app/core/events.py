@@ -1,0 +1,215 @@
+"""Event schemas (version 1) and their parsing. Pure: no I/O, clock passed in.
+
+Input ``interactions`` (key: user_id)::
+
+    {"schema_version": 1, "event_id": "e-1", "user_id": "u-7", "item_id": "50",
+     "type": "click" | "purchase", "ts": 1764115200.25}     # ts: epoch seconds
+
+Input ``items`` (key: item_id)::
+
+    {"schema_version": 1, "item_id": "50", "title": "Star Wars (1977)",
+     "text": "Star Wars (1977) Action Adventure Romance Sci-Fi War",
+     "tags": ["Action"], "available": true}                  # tags, available optional
+
+Output ``recommendations`` (key: user_id)::
+
+    {"schema_version": 1, "user_id": "u-7",
+     "items": [{"item_id": "181", "score": 0.83, "reason": "personal",
+                "explanation": "because you watched Star Wars (1977)", "because_item_id": "50"},
+               ...],
+     "model_version": "weighted-mean-v1", "trigger_event_id": "e-1",
+     "event_ts": 1764115200.25, "generated_at": 1764115200.31, "degraded": false}
+
+``schema_version`` may be left out (it defaults to 1). Every violation raises
+:class:`~stream_app.core.errors.InvalidEvent` whose ``reason`` is one of :data:`DLQ_REASONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from stream_app.core.errors import InvalidEvent
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("click", "purchase")
+MAX_ID_CHARS = 128
+MAX_TITLE_CHARS = 512
+MAX_TAGS = 32
+EARLIEST_TS = 0.0  # epoch; MovieLens-era timestamps (1997) are valid history
+
+_WHITESPACE = str.maketrans({"\n": " ", "\t": " ", "\r": " "})
+
+DLQ_REASONS = (
+    "too_large",
+    "invalid_utf8",
+    "malformed_json",
+    "not_an_object",
+    "unsupported_version",
+    "missing_field",
+    "unknown_field",
+    "wrong_type",
+    "invalid_value",
+    "unknown_event_type",
+    "timestamp_out_of_range",
+    "text_too_long",
+    "unknown_item",
+)
+
+
+@dataclass(frozen=True)
+class Interaction:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    ts: float
+
+    @property
+    def is_purchase(self) -> bool:
+        return self.type == "purchase"
+
+
+@dataclass(frozen=True)
+class ItemUpsert:
+    item_id: str
+    title: str
+    text: str
+    tags: tuple[str, ...] = ()
+    available: bool = True
+
+
+REASONS = ("personal", "trending", "fallback")
+"""Why an item is in a list: ranked from the user's history; popular now for a user with
+no usable history; popular now, filling a personal list that came back short."""
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    item_id: str
+    score: float
+    reason: str  # one of REASONS
+    explanation: str  # short, human readable: "because you watched Heat (1995)"
+    because_item_id: str | None = None  # the history item that contributed most
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    user_id: str
+    items: tuple[RecommendedItem, ...]
+    model_version: str
+    trigger_event_id: str
+    event_ts: float
+    generated_at: float
+    degraded: bool = False  # the model was unavailable: trending items stood in
+
+    def to_json(self, with_caller_ids: bool = True) -> bytes:
+        """The output message. The copy kept in Redis leaves out the ids the caller chose
+        (user id, trigger event id: event ids are often built from user ids)."""
+        # vars(), not asdict(): asdict deep-copies every field and was the worker's
+        # largest single cost at full speed (bench/results/pipeline). Field order is kept.
+        body = {"schema_version": SCHEMA_VERSION, **vars(self)}
+        body["items"] = [vars(i) for i in self.items]
+        if not with_caller_ids:
+            del body["user_id"], body["trigger_event_id"]
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def parse_interaction(
+    raw: bytes, *, max_bytes: int, now: float, max_future_skew_s: float
+) -> Interaction:
+    """Validate one raw ``interactions`` message; raise InvalidEvent with a reason."""
+    body = _decode_object(raw, max_bytes)
+    _check_fields(body, required={"event_id", "user_id", "item_id", "type", "ts"}, optional=set())
+    event_type = _string(body, "type", MAX_ID_CHARS)
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent("unknown_event_type", f"type must be one of {EVENT_TYPES}")
+    ts = body["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise InvalidEvent("wrong_type", "ts must be a number (epoch seconds)")
+    try:
+        ts = float(ts)  # a 400-digit integer overflows here
+    except OverflowError:
+        ts = math.inf
+    if not math.isfinite(ts) or ts < EARLIEST_TS or ts > now + max_future_skew_s:
+        raise InvalidEvent(
+            "timestamp_out_of_range",
+            f"ts must be epoch seconds from {EARLIEST_TS:.0f} to now + {max_future_skew_s:.0f}s",
+        )
+    return Interaction(
+        event_id=_string(body, "event_id", MAX_ID_CHARS),
+        user_id=_string(body, "user_id", MAX_ID_CHARS),
+        item_id=_string(body, "item_id", MAX_ID_CHARS),
+        type=event_type,
+        ts=ts,
+    )
+
+
+def parse_item(raw: bytes, *, max_bytes: int, max_text_chars: int) -> ItemUpsert:
+    """Validate one raw ``items`` message; raise InvalidEvent with a reason."""
+    body = _decode_object(raw, max_bytes)
+    _check_fields(body, required={"item_id", "title", "text"}, optional={"tags", "available"})
+    text = body["text"]
+    if isinstance(text, str) and len(text) > max_text_chars:
+        raise InvalidEvent("text_too_long", f"text longer than {max_text_chars} characters")
+    tags = body.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidEvent("wrong_type", "tags must be a list of strings")
+    if len(tags) > MAX_TAGS or any(len(t) > MAX_ID_CHARS for t in tags):
+        raise InvalidEvent("invalid_value", f"at most {MAX_TAGS} tags of {MAX_ID_CHARS} characters")
+    available = body.get("available", True)
+    if not isinstance(available, bool):
+        raise InvalidEvent("wrong_type", "available must be true or false")
+    return ItemUpsert(
+        item_id=_string(body, "item_id", MAX_ID_CHARS),
+        title=_string(body, "title", MAX_TITLE_CHARS),
+        text=_string(body, "text", max_text_chars, allow_whitespace=True),
+        tags=tuple(tags),
+        available=available,
+    )
+
+
+def _decode_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    # Size first: a huge payload is rejected before any parsing work is spent on it.
+    if len(raw) > max_bytes:
+        raise InvalidEvent("too_large", f"{len(raw)} bytes, limit {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("invalid_utf8", f"not UTF-8 at byte {exc.start}") from None
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: JSON errors, integers too long
+        raise InvalidEvent("malformed_json", str(exc)[:200]) from None
+    if not isinstance(body, dict):
+        raise InvalidEvent("not_an_object", f"expected a JSON object, got {type(body).__name__}")
+    version = body.pop("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise InvalidEvent("unsupported_version", f"schema_version must be {SCHEMA_VERSION}")
+    return body
+
+
+def _check_fields(body: dict[str, Any], *, required: set[str], optional: set[str]) -> None:
+    missing = sorted(required - body.keys())
+    if missing:
+        raise InvalidEvent("missing_field", f"missing {', '.join(missing)}")
+    unknown = sorted(body.keys() - required - optional)
+    if unknown:
+        shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+        raise InvalidEvent("unknown_field", f"unknown field(s) {shown}")
+
+
+def _string(body: dict[str, Any], name: str, max_chars: int, allow_whitespace: bool = False) -> str:
+    value = body[name]
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"{name} must be a string")
+    if not value.strip() or len(value) > max_chars:
+        raise InvalidEvent("invalid_value", f"{name} must be 1 to {max_chars} characters")
+    # Ids never hold control characters (they end up in Redis keys and logs); free text
+    # may hold line breaks and tabs.
+    checked = value.translate(_WHITESPACE) if allow_whitespace else value
+    if not checked.isprintable():
+        raise InvalidEvent("invalid_value", f"{name} must not contain control characters")
+    return value

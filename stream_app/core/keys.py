@@ -1,0 +1,92 @@
+"""Every Redis key StreamRec writes, named in one place for the worker, the Triton
+recommender and the tools.
+
+All keys start with the configured prefix (``STREAMREC_REDIS__KEY_PREFIX``). Keys that
+one Lua script changes together share a hash tag, so each script stays in one Redis
+Cluster slot:
+
+    <prefix>h:{<user>}       sorted set, member "event_id\\titem_id\\ttype", score = event ts
+    <prefix>seen:{<user>}    sorted set of applied event ids (the dedup window), score = ts
+    <prefix>bought:{<user>}  sorted set of purchased item ids (never recommended), score = ts
+    <prefix>recs:{<user>}    the latest recommendations (JSON, without the caller's ids)
+    <prefix>{catalog}:meta     hash item_id -> JSON {"title", "text", "tags"}
+    <prefix>{catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector)
+    <prefix>{catalog}:version  integer: the sequence number of the newest log entry
+    <prefix>{catalog}:log      stream of changes (see ``catalog_log``)
+    <prefix>{trending}:items   sorted set item_id -> time-decayed score
+    <prefix>{trending}:ref     the reference time of the trending weights
+    <prefix>{coverage}:<n>     HyperLogLog of the items recommended in time bucket n
+
+``<user>`` is always the pseudonym (``privacy.Pseudonymiser``), never the id a caller sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UserKeys:
+    """One user's keys, in the order the history script takes them."""
+
+    history: str
+    seen: str
+    bought: str
+    recs: str
+
+    @classmethod
+    def of(cls, prefix: str, user: str) -> UserKeys:
+        tag = f"{{{user}}}"
+        return cls(
+            f"{prefix}h:{tag}",
+            f"{prefix}seen:{tag}",
+            f"{prefix}bought:{tag}",
+            f"{prefix}recs:{tag}",
+        )
+
+    def all(self) -> tuple[str, str, str, str]:
+        return self.history, self.seen, self.bought, self.recs
+
+
+@dataclass(frozen=True)
+class CatalogKeys:
+    prefix: str
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{{catalog}}:{name}"
+
+    @property
+    def meta(self) -> str:
+        return self._key("meta")
+
+    @property
+    def vectors(self) -> str:
+        return self._key("vectors")
+
+    @property
+    def version(self) -> str:
+        return self._key("version")
+
+    @property
+    def log(self) -> str:
+        return self._key("log")
+
+    def all(self) -> list[str]:
+        """In the order the catalog write script takes them."""
+        return [self.meta, self.vectors, self.version, self.log]
+
+
+@dataclass(frozen=True)
+class PopularityKeys:
+    prefix: str
+
+    @property
+    def trending(self) -> str:
+        return f"{self.prefix}{{trending}}:items"
+
+    @property
+    def reference(self) -> str:
+        return f"{self.prefix}{{trending}}:ref"
+
+    def coverage(self, bucket: int) -> str:
+        return f"{self.prefix}{{coverage}}:{bucket}"

@@ -1,0 +1,293 @@
+"""All StreamRec settings, in one frozen pydantic-settings class.
+
+Every field can be set from the environment with the prefix ``STREAMREC_`` and ``__``
+between a group and its field, e.g. ``STREAMREC_KAFKA__BOOTSTRAP=broker:9092``.
+Unknown fields are rejected so a typo fails at start-up with the setting's name:
+:func:`load_settings` is the one way the CLI, the worker and the Triton models read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stream_app.core.errors import ConfigError
+
+DEVELOPMENT_USER_ID_KEY = "streamrec-development-key"
+
+
+def _secret_from_file(data: object, name: str) -> object:
+    """``<name>_file`` names a file holding the secret (a mounted Kubernetes or Docker
+    secret); its content, without the final newline, becomes ``<name>``."""
+    if not isinstance(data, dict) or not data.get(f"{name}_file"):
+        return data
+    path = data[f"{name}_file"]
+    try:
+        secret = Path(path).read_text().rstrip("\n")
+    except OSError as exc:
+        raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+    return data | {name: secret}
+
+
+def _files_exist(group: BaseModel, *names: str) -> None:
+    for name in names:
+        path = getattr(group, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"{name}: no file at {path}")
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class KafkaSettings(_Group):
+    bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma separated host:port."""
+    interactions_topic: str = "interactions"
+    """Input topic of click and purchase events, keyed by user id."""
+    items_topic: str = "items"
+    """Input topic of catalog upserts, keyed by item id."""
+    recommendations_topic: str = "recommendations"
+    """Output topic of refreshed recommendations, keyed by user id."""
+    dlq_suffix: str = ".dlq"
+    """Dead-letter topic name = input topic + this suffix."""
+    partitions: int = Field(4, ge=1)
+    """Partitions for topics the worker creates (the unit of parallelism)."""
+    consumer_group: str = "streamrec"
+    """Consumer group (Faust app id) shared by all workers."""
+    session_timeout_s: float = Field(6.0, gt=0)
+    """Consumer session timeout; short so a rebalance after a crash is quick."""
+    max_poll_interval_s: float = Field(60.0, gt=0)
+    """Longest gap between polls before the broker evicts a worker (a backlog can keep the
+    worker from polling for over 10 s; evicted, it may not rejoin)."""
+    fetch_max_wait_ms: int = Field(25, ge=1, le=5000)
+    """Longest a fetch waits for data (brokers that ignore fetch.min.bytes wait this long)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers; SASL_SSL in production."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    """SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password."""
+    sasl_password_file: str | None = None
+    """File holding the SASL password (a mounted secret), instead of sasl_password."""
+    ssl_ca_file: str | None = None
+    """CA bundle that signed the brokers' certificates (SSL, SASL_SSL); system CAs if unset."""
+    ssl_cert_file: str | None = None
+    """Client certificate for mutual TLS (PEM), with ssl_key_file."""
+    ssl_key_file: str | None = None
+    """Private key of the client certificate (PEM)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: object) -> object:
+        return _secret_from_file(data, "sasl_password")
+
+    @model_validator(mode="after")
+    def _complete_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
+        _files_exist(self, "ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+        return self
+
+
+class RedisSettings(_Group):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL; the launcher starts a local redis-server when none answers here."""
+    key_prefix: str = "streamrec:"
+    """Prefix of every key StreamRec writes, so deployments and tests can share a server."""
+    history_length: int = Field(50, ge=1, le=1000)
+    """Events kept per user in the rolling history."""
+    dedup_window: int = Field(1000, ge=1)
+    """Most recent event ids remembered per user to make redelivery a no-op."""
+    user_ttl_s: int = Field(30 * 24 * 3600, ge=60)
+    """An idle user's history expires after this many seconds."""
+    username: str | None = None
+    """Redis ACL user (Redis 6+); the default user when unset."""
+    password: SecretStr | None = None
+    """Redis password, of the ACL user if one is set."""
+    password_file: str | None = None
+    """File holding the Redis password (a mounted secret), instead of password."""
+    ssl_ca_file: str | None = None
+    """CA bundle for a TLS Redis (a rediss:// URL); system CAs if unset."""
+    timeout_s: float = Field(2.0, gt=0)
+    """Socket timeout for one Redis call."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: object) -> object:
+        return _secret_from_file(data, "password")
+
+    @model_validator(mode="after")
+    def _ca_file_exists(self) -> RedisSettings:
+        _files_exist(self, "ssl_ca_file")
+        return self
+
+
+class TritonSettings(_Group):
+    url: str = "127.0.0.1:8001"
+    """Triton gRPC endpoint host:port used by the worker."""
+    http_port: int = 8000
+    """HTTP port of a locally launched Triton (health checks)."""
+    grpc_port: int = 8001
+    """gRPC port of a locally launched Triton."""
+    metrics_port: int = 8002
+    """Prometheus metrics port of a locally launched Triton."""
+    recommender_model: str = "recommender"
+    """Triton model that turns a history into top-K items."""
+    embedder_model: str = "item_embedder"
+    """Triton model that turns item text into a vector."""
+    timeout_s: float = Field(5.0, gt=0)
+    """Deadline of one inference request."""
+    breaker_failures: int = Field(3, ge=1)
+    """Failed recommender calls in a row that open the circuit breaker (lists then come
+    from trending, marked degraded, without calling Triton)."""
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+    """How long the breaker stays open before one call tries Triton again."""
+    model_repository: str = "model_repository"
+    """Model repository a locally launched Triton serves."""
+
+
+class WorkerSettings(_Group):
+    batch_max_events: int = Field(256, ge=1, le=1024)
+    """Micro-batch: at most this many events per Redis pipeline and Triton request
+    (the recommender's max_batch_size, 1024, bounds it)."""
+    batch_window_ms: int = Field(20, ge=1)
+    """Micro-batch: wait at most this long to fill a batch."""
+    batch_shards: int = Field(2, ge=1, le=16)
+    """A batch is split by user into this many groups processed at the same time, so one
+    group's Redis calls overlap another's inference (a user's events stay in one group,
+    in order)."""
+    top_k: int = Field(10, ge=1, le=100)
+    """Items per recommendation list."""
+    max_event_bytes: int = Field(16 * 1024, ge=256)
+    """Events larger than this go to the DLQ before they are parsed."""
+    max_text_chars: int = Field(4000, ge=16)
+    """Item text longer than this is rejected."""
+    unknown_items: Literal["keep", "dead_letter"] = "keep"
+    """An interaction with an item the catalog does not hold (yet: topics are not ordered
+    with each other): kept in the history, unscored until the item arrives, or sent to the
+    DLQ with reason unknown_item (replayable once the catalog has it)."""
+    max_future_skew_s: float = Field(300.0, ge=0)
+    """Events stamped further than this in the future are rejected."""
+    web_port: int = Field(6066, ge=1, le=65535)
+    """Port of the worker's HTTP server (/metrics, /healthz)."""
+    web_host: str = "127.0.0.1"
+    """Bind address of the worker's HTTP server."""
+    data_dir: str = "var/worker"
+    """Faust's local data directory."""
+    shutdown_grace_s: float = Field(25.0, gt=0, le=600)
+    """On SIGTERM, how long the worker may take to finish its in-flight batch and commit;
+    past it, it exits uncommitted (code 75). Keep it under Kubernetes'
+    terminationGracePeriodSeconds."""
+
+
+class PolicySettings(_Group):
+    exclude_clicked: bool = True
+    """Never recommend items the user clicked (within the history); purchases are always
+    excluded."""
+    diversity: float = Field(0.8, ge=0.0, le=1.0)
+    """MMR lambda: 1.0 ranks by relevance alone, lower values trade relevance for variety."""
+    purchased_max: int = Field(1000, ge=1, le=10_000)
+    """Purchased items remembered per user (never recommended again)."""
+    trending_half_life_s: float = Field(3600.0, gt=0)
+    """Half-life of an interaction's weight in the trending score."""
+    trending_max_items: int = Field(10_000, ge=10)
+    """Items the trending set keeps (the least popular are dropped)."""
+    trending_refresh_s: float = Field(2.0, gt=0)
+    """How long a worker reuses the trending list it read before reading it again."""
+    coverage_window_s: int = Field(3600, ge=60)
+    """Window of the catalog coverage metric (distinct items recommended)."""
+
+
+class PrivacySettings(_Group):
+    user_id_key: SecretStr = SecretStr(DEVELOPMENT_USER_ID_KEY)
+    """HMAC key that pseudonymises user ids before they reach Redis or logs; set a secret
+    in production (the built-in development key is logged as a warning)."""
+    user_id_key_file: str | None = None
+    """File holding the HMAC key (a mounted secret), instead of user_id_key."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_file(cls, data: object) -> object:
+        return _secret_from_file(data, "user_id_key")
+
+
+class Settings(BaseSettings):
+    """StreamRec configuration (env prefix STREAMREC_, nested with __)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    triton: TritonSettings = TritonSettings()
+    worker: WorkerSettings = WorkerSettings()
+    policy: PolicySettings = PolicySettings()
+    privacy: PrivacySettings = PrivacySettings()
+    log_level: str = "INFO"
+    """Level of the streamrec logger."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value fails here with a
+    :class:`~stream_app.core.errors.ConfigError` naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = "__".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"STREAMREC_{path}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def settings_table() -> str:
+    """The README's configuration table: every variable, its default and its meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for group_name, group_field in Settings.model_fields.items():
+        group = group_field.annotation
+        if not (isinstance(group, type) and issubclass(group, _Group)):
+            rows.append(_row(group_name.upper(), group_field))
+            continue
+        for name, field in group.model_fields.items():
+            rows.append(_row(f"{group_name.upper()}__{name.upper()}", field))
+    return "\n".join(rows)
+
+
+def _row(name: str, field: FieldInfo) -> str:
+    default = "" if field.default is None else f"`{field.default}`"
+    return f"| `STREAMREC_{name}` | {default} | {field.description or ''} |"
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,135 @@
+"""``make demo``: the real stack, a worker, a short MovieLens replay, live results."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from serving.offline.data import load_movielens
+from stream_app.core.errors import StackError
+from stream_app.core.settings import Settings
+from stream_app.devtools.catalog_loader import load_catalog
+from stream_app.devtools.devstack import DevStack
+from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.probes import recommendations_after, scrape
+from stream_app.devtools.redis_io import CatalogStore, redis_client
+from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools.stats import percentile
+from stream_app.devtools.worker_process import WorkerProcess
+
+MALFORMED_SAMPLES = [
+    b"{not json",
+    b'{"event_id": "x", "user_id": "u", "item_id": "1", "type": "like", "ts": 1}',
+    b'{"event_id": "y", "user_id": 7, "item_id": "1", "type": "click", "ts": 1}',
+]
+
+
+@contextmanager
+def prepare_stack(settings: Settings, workdir: Path = Path("var/stack")):
+    """Servers up, topics created, MovieLens catalog encoded through Triton."""
+    with DevStack(settings, workdir=workdir) as stack:
+        ensure_topics(settings.kafka)
+        load_catalog(settings, list(load_movielens().movies))
+        yield stack
+
+
+def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
+    movielens = load_movielens()
+    planned = list(plan_events(movielens.ratings, run_id=uuid.uuid4().hex[:8]))[:events]
+    last_event = {e.user_id: e.event_id for e in planned}
+    with prepare_stack(settings), WorkerProcess(settings, Path("var/demo/worker.log")):
+        reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
+        dlq_reader = TopicReader(
+            settings.kafka, settings.kafka.interactions_topic + settings.kafka.dlq_suffix
+        )
+        dlq_before = len(dlq_reader.drain(quiet_s=1.0))
+        produce_raw(
+            settings.kafka,
+            settings.kafka.interactions_topic,
+            [(b"demo-bad", value) for value in MALFORMED_SAMPLES],
+        )
+        replay(settings.kafka, planned, rate_per_s=rate_per_s)
+
+        wanted = set(last_event.values())
+
+        def all_users_served(messages) -> bool:
+            triggers = {json.loads(m.value())["trigger_event_id"] for m in messages}
+            return wanted <= triggers
+
+        served = reader.read_until(all_users_served, timeout_s=120)
+        dlq = len(dlq_reader.drain(quiet_s=2.0)) - dlq_before
+        _report(settings, reader.messages, planned, last_event, dlq)
+        reader.close()
+        dlq_reader.close()
+        if served:
+            _show_cold_start(settings, planned)
+    if not served:
+        raise StackError("not every user got recommendations within 120 s: see var/demo/worker.log")
+
+
+def _report(settings, messages, planned, last_event, dlq: int) -> None:
+    ours = {e.event_id for e in planned}
+    recs = [json.loads(m.value()) for m in messages]
+    recs_ts = [m.timestamp()[1] / 1000 for m in messages]
+    latencies = sorted(
+        ts - r["event_ts"] for r, ts in zip(recs, recs_ts) if r["trigger_event_id"] in ours
+    )
+    final = {r["user_id"]: r for r in recs if r["trigger_event_id"] == last_event.get(r["user_id"])}
+    catalog = CatalogStore(redis_client(settings), settings.redis.key_prefix)
+    print("\nLive recommendations (from the recommendations topic):")
+    for user_id in sorted(final, key=lambda u: -sum(e.user_id == u for e in planned))[:3]:
+        seen = [e.item_id for e in planned if e.user_id == user_id and e.type == "click"][-3:]
+        print(f"  user {user_id}: recently watched {catalog.titles(seen)}")
+        items = final[user_id]["items"][:5]
+        print(f"    recommended: {catalog.titles([i['item_id'] for i in items])}")
+        print(f"    why (first 3): {[i['explanation'] for i in items[:3]]}")
+    p50, p99 = (percentile(latencies, q) for q in (50, 99))
+    print(
+        f"\nsummary: events={len(planned)} recommendations={len(latencies)} "
+        f"users={len(final)}/{len(last_event)} dlq={dlq} "
+        f"latency_p50_ms={p50 * 1000:.0f} latency_p99_ms={p99 * 1000:.0f}"
+    )
+
+
+def _show_cold_start(settings: Settings, planned) -> None:
+    """A brand-new item, scorable within a second of being produced; a brand-new user, who
+    gets trending items, then a personal list (with the new item) after one click."""
+    catalog = CatalogStore(redis_client(settings), settings.redis.key_prefix)
+    watched = planned[-1].item_id
+    (title,) = catalog.titles([watched])
+    (text,) = catalog.texts([watched])
+    new_item = {
+        "item_id": f"demo-{uuid.uuid4().hex[:8]}",
+        "title": f"{title} (director's cut)",
+        "text": f"{text} director's cut",
+    }
+    freshness = f"http://127.0.0.1:{settings.triton.metrics_port}/metrics"
+    before = scrape(freshness, "streamrec_catalog_freshness_seconds_count")
+    produced = time.monotonic()
+    key = new_item["item_id"].encode()
+    produce_raw(settings.kafka, settings.kafka.items_topic, [(key, json.dumps(new_item).encode())])
+    while scrape(freshness, "streamrec_catalog_freshness_seconds_count") <= before:
+        if time.monotonic() - produced > 30:
+            raise StackError("the new item was not scorable within 30 s: see var/demo/worker.log")
+        time.sleep(0.02)
+    scorable_s = time.monotonic() - produced
+    print(f"\nCold start: new item {new_item['title']!r} was scorable {scorable_s:.2f} s")
+    print("  after it was produced.")
+    newcomer = f"demo-new-{uuid.uuid4().hex[:8]}"
+    unknown = PlannedEvent(newcomer, uuid.uuid4().hex, "not-in-the-catalog", "click")
+    trending = recommendations_after(settings.kafka, unknown)["items"][:5]
+    reasons = sorted({i["reason"] for i in trending})
+    print(f"  A brand-new user gets {reasons}: {catalog.titles([i['item_id'] for i in trending])}")
+    first_click = PlannedEvent(newcomer, uuid.uuid4().hex, watched, "click")
+    items = recommendations_after(settings.kafka, first_click)["items"]
+    ids = [i["item_id"] for i in items]
+    place = (
+        f"has the new item at position {ids.index(new_item['item_id']) + 1}"
+        if new_item["item_id"] in ids
+        else "does not have the new item in its top 10"
+    )
+    print(f"  Their first click, on {title!r}, makes it {items[0]['reason']}; the list {place}:")
+    print(f"  {catalog.titles(ids[:5])}")

@@ -1,0 +1,65 @@
+"""Redis adapter: the worker's access to the catalog (format: ``core.catalog_log``).
+
+The interactions agent asks which items exist and what they are called; the items agent
+writes upserts and removals, each appended to the catalog log that every Triton
+recommender instance tails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from stream_app.core.catalog_log import WRITE_LUA, change_args, meta_fields
+from stream_app.core.errors import RedisUnavailable
+from stream_app.core.events import ItemUpsert
+from stream_app.core.keys import CatalogKeys
+from stream_app.worker.metrics import track_redis
+from stream_app.worker.ports import Catalog
+
+
+class RedisCatalog(Catalog):
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self.keys = CatalogKeys(prefix)
+        self._write = client.register_script(WRITE_LUA)
+
+    async def apply(
+        self,
+        upserts: Sequence[ItemUpsert],
+        vectors: np.ndarray | None,
+        removals: Sequence[str],
+        event_ts: Mapping[str, float] | None = None,
+    ) -> int:
+        """Upserts and removals in one atomic script; returns the new catalog version."""
+        args = change_args(upserts, vectors, removals, event_ts)
+        try:
+            return int(await self._write(keys=self.keys.all(), args=args))
+        except RedisError as exc:
+            raise RedisUnavailable(f"catalog write failed: {type(exc).__name__}") from exc
+
+    async def known(self, item_ids: Sequence[str]) -> set[str]:
+        """The ids that are in the catalog now (one round trip)."""
+        with track_redis("known_items"):
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for item_id in item_ids:
+                    pipe.hexists(self.keys.vectors, item_id)
+                flags = await pipe.execute()
+            except RedisError as exc:
+                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        return {item_id for item_id, found in zip(item_ids, flags) if found}
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        """Title of each known item (unknown and removed items are left out)."""
+        if not item_ids:
+            return {}
+        with track_redis("titles"):
+            try:
+                raw = await self._redis.hmget(self.keys.meta, list(item_ids))
+            except RedisError as exc:
+                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        return {i: t for i, t in zip(item_ids, meta_fields(raw, "title")) if t is not None}

@@ -1,0 +1,141 @@
+"""What the stream processors need from the outside world, and the values they exchange.
+
+``processors.py`` depends on these Protocols only. The real adapters implement them
+(Redis: ``history.RedisHistory``, ``catalog.RedisCatalog``, ``popularity.RedisPopularity``;
+Triton: ``triton_client.TritonRecommender``; Kafka: ``publisher.FaustPublisher``), and so
+do the in-memory doubles of ``testing.py`` that the unit tests run the processors on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.events import Interaction, ItemUpsert, Recommendations
+from stream_app.core.policy import Candidate
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One consumed message, as the broker delivered it."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None  # when the message entered Kafka (epoch seconds)
+
+
+class HistoryEntry(NamedTuple):
+    """One event of a user's stored history. A tuple, not a dataclass: a batch reads back
+    every user's whole history, thousands of entries, and building them showed in profiles."""
+
+    event_id: str  # the pseudonym
+    item_id: str
+    type: str
+    ts: float
+
+    @property
+    def is_purchase(self) -> bool:
+        return self.type == "purchase"
+
+
+@dataclass(frozen=True)
+class UserUpdate:
+    """What one batch did to one user: which of its events were new, and the history after."""
+
+    user_id: str  # the pseudonym
+    new_event_ids: tuple[str, ...]
+    history: tuple[HistoryEntry, ...]  # oldest first, at most the history length
+    purchased: frozenset[str]  # every item bought (up to purchased_max)
+    last_recommendations: bytes | None  # the list shown before this batch, if any
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One user's history for the recommender, oldest first, and what it must not return."""
+
+    item_ids: Sequence[str]
+    purchased: Sequence[bool]
+    exclude: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top-k candidates (best first), one list per history row, and the model that made
+    them. An empty list means the history holds no item the catalog knows."""
+
+    lists: list[list[Candidate]]
+    model_version: str
+
+
+class History(Protocol):
+    """Per-user rolling histories, idempotent on event ids, and each user's latest list."""
+
+    async def append_batch(self, events: Sequence[Interaction]) -> list[UserUpdate]:
+        """Apply valid events (user ids already pseudonymised); one update per user, in
+        the order users first appear. An event id already applied changes nothing."""
+        ...
+
+    async def save_recommendations(self, messages: Mapping[str, bytes]) -> None:
+        """Keep each user's latest list (JSON, without the caller's ids)."""
+        ...
+
+
+class Catalog(Protocol):
+    """The item catalog: which items exist, their titles, and changes to it."""
+
+    async def apply(
+        self,
+        upserts: Sequence[ItemUpsert],
+        vectors: np.ndarray | None,
+        removals: Sequence[str],
+        event_ts: Mapping[str, float] | None = None,
+    ) -> int:
+        """Upserts (one vector each) and removals at once; returns the catalog version."""
+        ...
+
+    async def known(self, item_ids: Sequence[str]) -> set[str]: ...
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        """Title of each known item; unknown items are left out."""
+        ...
+
+
+class Popularity(Protocol):
+    """What the stream says about items as a whole: trending now, and what was shown."""
+
+    async def record(self, interactions: Sequence[Interaction], recommended: Sequence[str]) -> None:
+        """Count first-time interactions in trending; note the items just recommended."""
+        ...
+
+    async def trending(self, n: int) -> list[tuple[str, float]]:
+        """The n most popular catalog items, best first, scored as a share of the top one."""
+        ...
+
+
+class Recommender(Protocol):
+    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
+        """Top-k candidates per history row, in one request for the whole batch."""
+        ...
+
+
+class ItemEmbedder(Protocol):
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """One unit vector per text, in order."""
+        ...
+
+
+class Publisher(Protocol):
+    """Where a batch's outputs go; every send is awaited by ``flush`` before the commit."""
+
+    def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None: ...
+
+    def recommendations(self, message: Recommendations) -> None: ...
+
+    async def flush(self) -> None: ...

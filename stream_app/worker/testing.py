@@ -1,0 +1,187 @@
+"""In-memory doubles of the processors' adapters, for tests that run the processors
+without servers (like bytewax's ``testing`` module).
+
+Each double subclasses the Protocol it stands in for, so the type checker holds it to the
+same signatures as the real adapter, and each behaves like that adapter where the
+processors can tell: the history is ordered by event time, then by member as a Redis
+sorted set orders equal scores, and trimmed to its length; a redelivered event id changes
+nothing; removed items are unknown. What a double leaves out is said on it. Whether the
+real adapters behave so is tested against the real servers in ``tests/integration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from stream_app.core.errors import InferenceUnavailable, InvalidEvent
+from stream_app.core.events import Interaction, ItemUpsert, Recommendations
+from stream_app.core.policy import Candidate
+from stream_app.worker.ports import (
+    Catalog,
+    History,
+    HistoryEntry,
+    HistoryRow,
+    ItemEmbedder,
+    Popularity,
+    Publisher,
+    Ranking,
+    RawEvent,
+    Recommender,
+    UserUpdate,
+)
+
+
+class InMemoryHistory(History):
+    """Histories in dicts. The dedup window and the purchased set are unbounded here.
+
+    ``failures`` are raised by the next calls to ``append_batch``, one each, to stand in
+    for an outage or a bug.
+    """
+
+    def __init__(self, history_length: int = 50, failures: Sequence[Exception] = ()) -> None:
+        self.history_length = history_length
+        self.failures = list(failures)
+        self.histories: dict[str, list[HistoryEntry]] = {}
+        self.seen: dict[str, set[str]] = {}
+        self.bought: dict[str, set[str]] = {}
+        self.saved: dict[str, bytes] = {}
+
+    async def append_batch(self, events: Sequence[Interaction]) -> list[UserUpdate]:
+        if self.failures:
+            raise self.failures.pop(0)
+        new_ids: dict[str, list[str]] = {}
+        last_shown = {e.user_id: self.saved.get(e.user_id) for e in events}
+        for e in events:
+            ids = new_ids.setdefault(e.user_id, [])
+            seen = self.seen.setdefault(e.user_id, set())
+            if e.event_id in seen:
+                continue
+            seen.add(e.event_id)
+            ids.append(e.event_id)
+            history = self.histories.setdefault(e.user_id, [])
+            history.append(HistoryEntry(e.event_id, e.item_id, e.type, e.ts))
+            history.sort(key=lambda h: (h.ts, f"{h.event_id}\t{h.item_id}\t{h.type}"))
+            del history[: -self.history_length]
+            if e.is_purchase:
+                self.bought.setdefault(e.user_id, set()).add(e.item_id)
+        return [
+            UserUpdate(
+                user,
+                tuple(ids),
+                tuple(self.histories.get(user, ())),
+                frozenset(self.bought.get(user, ())),
+                last_shown[user],
+            )
+            for user, ids in new_ids.items()
+        ]
+
+    async def save_recommendations(self, messages: Mapping[str, bytes]) -> None:
+        self.saved.update(messages)
+
+
+class InMemoryCatalog(Catalog):
+    """A catalog in a dict: ``InMemoryCatalog(items)`` starts with those items."""
+
+    def __init__(self, items: Sequence[ItemUpsert] = ()) -> None:
+        self.items: dict[str, ItemUpsert] = {i.item_id: i for i in items}
+        self.vectors: dict[str, np.ndarray] = {}
+        self.version = 0
+
+    async def apply(
+        self,
+        upserts: Sequence[ItemUpsert],
+        vectors: np.ndarray | None,
+        removals: Sequence[str],
+        event_ts: Mapping[str, float] | None = None,
+    ) -> int:
+        if upserts and (vectors is None or len(vectors) != len(upserts)):
+            raise ValueError("one vector per upserted item")
+        for item, vector in zip(upserts, vectors if vectors is not None else []):
+            self.items[item.item_id] = item
+            self.vectors[item.item_id] = vector
+        for item_id in removals:
+            self.items.pop(item_id, None)
+            self.vectors.pop(item_id, None)
+        self.version += len(upserts) + len(removals)
+        return self.version
+
+    async def known(self, item_ids: Sequence[str]) -> set[str]:
+        return {i for i in item_ids if i in self.items}
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        return {i: self.items[i].title for i in item_ids if i in self.items}
+
+
+class InMemoryPopularity(Popularity):
+    """Trending is a fixed list given at construction; what is recorded is kept."""
+
+    def __init__(self, trending: Sequence[tuple[str, float]] = ()) -> None:
+        self.ranked = list(trending)
+        self.recorded: list[Interaction] = []
+        self.shown: list[str] = []
+
+    async def record(self, interactions: Sequence[Interaction], recommended: Sequence[str]) -> None:
+        self.recorded += interactions
+        self.shown += recommended
+
+    async def trending(self, n: int) -> list[tuple[str, float]]:
+        return self.ranked[:n]
+
+
+class ScriptedRecommender(Recommender):
+    """Answers each history row with the candidates ``script(row)`` proposes, as Triton's
+    recommender would: without the row's excluded items, at most k, as model ``version``.
+    Counts its calls and keeps the rows it was asked about. While ``down`` is set it fails
+    the way an unreachable Triton does."""
+
+    def __init__(
+        self, script: Callable[[HistoryRow], Iterable[Candidate]], version: str = "test-v1"
+    ) -> None:
+        self.script = script
+        self.version = version
+        self.down = False
+        self.calls = 0
+        self.rows: list[HistoryRow] = []
+
+    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
+        self.calls += 1
+        if self.down:
+            raise InferenceUnavailable("recommender request failed: connection refused")
+        self.rows += rows
+        lists = [[c for c in self.script(row) if c.item_id not in row.exclude][:k] for row in rows]
+        return Ranking(lists, self.version)
+
+
+class HashEmbedder(ItemEmbedder):
+    """A unit vector per text, the same for the same text (no model behind it)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        self.dim = dim
+        self.texts: list[str] = []
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        self.texts += texts
+        vectors = np.stack(
+            [np.random.default_rng(list(t.encode())).normal(size=self.dim) for t in texts]
+        ).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class RecordingPublisher(Publisher):
+    """Keeps what a batch published; ``flushes`` counts the batches that finished."""
+
+    def __init__(self) -> None:
+        self.dead_letters: list[tuple[RawEvent, InvalidEvent]] = []
+        self.published: list[Recommendations] = []
+        self.flushes = 0
+
+    def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None:
+        self.dead_letters.append((event, error))
+
+    def recommendations(self, message: Recommendations) -> None:
+        self.published.append(message)
+
+    async def flush(self) -> None:
+        self.flushes += 1

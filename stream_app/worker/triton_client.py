@@ -1,0 +1,121 @@
+"""Triton adapter: one async gRPC client (reused channel) for both models.
+
+Callers hand in plain Python values; this module owns tensor shapes, padding and
+dtypes, and turns every Triton failure into :class:`InferenceUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from stream_app.core.errors import InferenceUnavailable
+from stream_app.core.policy import Candidate
+from stream_app.worker.metrics import track_triton
+from stream_app.worker.ports import HistoryRow, ItemEmbedder, Ranking, Recommender
+
+EMBED_BATCH = 64
+"""Texts per item_embedder request; matches its config's max_batch_size."""
+
+
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    # gRPC backs off reconnecting up to 2 minutes, failing calls at once meanwhile: a
+    # Triton that came back would stay "down" that long. Try again at least every second.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class TritonRecommender(Recommender, ItemEmbedder):
+    def __init__(
+        self, url: str, recommender_model: str, embedder_model: str, timeout_s: float
+    ) -> None:
+        self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self._recommender = recommender_model
+        self._embedder = embedder_model
+        self._timeout_s = timeout_s
+
+    async def connect(self) -> None:
+        """Check both models are ready."""
+        try:
+            for model in (self._recommender, self._embedder):
+                if not await self._client.is_model_ready(model):
+                    raise InferenceUnavailable(f"Triton model {model} is not ready")
+        except InferenceServerException as exc:
+            raise InferenceUnavailable(f"Triton unreachable: {exc.message()}") from exc
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready())
+        except InferenceServerException:
+            return False
+
+    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
+        """Top-k candidates per history row, in one request for the whole batch.
+
+        ``diversity`` is the MMR lambda: 1.0 ranks by score alone, lower trades score
+        for variety.
+        """
+        if not rows:
+            return Ranking([], "none")
+        purchased = np.zeros((len(rows), max(1, max(len(r.item_ids) for r in rows))), dtype=bool)
+        for i, row in enumerate(rows):
+            purchased[i, : len(row.purchased)] = row.purchased
+        inputs = [
+            _input("HISTORY_IDS", _padded([r.item_ids for r in rows]), "BYTES"),
+            _input("HISTORY_PURCHASED", purchased, "BOOL"),
+            _input("EXCLUDE_IDS", _padded([r.exclude for r in rows]), "BYTES"),
+        ]
+        parameters = {"top_k": k, "diversity": float(diversity)}
+        result = await self._infer(self._recommender, inputs, parameters=parameters)
+        # tolist(): Python bytes and floats at once, not a numpy scalar per element.
+        ids, scores, because = (
+            result.as_numpy(name).tolist() for name in ("TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")
+        )
+        lists = [
+            [Candidate(i.decode(), s, b.decode() or None) for i, s, b in zip(*row) if i]
+            for row in zip(ids, scores, because)
+        ]
+        return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode())
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors for texts, batched by EMBED_BATCH."""
+        chunks = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            chunk = texts[start : start + EMBED_BATCH]
+            batch = np.array([[t.encode()] for t in chunk], dtype=object)
+            result = await self._infer(self._embedder, [_input("TEXT", batch, "BYTES")])
+            chunks.append(result.as_numpy("EMBEDDING"))
+        return np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
+
+    async def _infer(self, model: str, inputs, parameters: dict | None = None):
+        with track_triton(model):
+            try:
+                return await self._client.infer(
+                    model, inputs, parameters=parameters, client_timeout=self._timeout_s
+                )
+            except InferenceServerException as exc:
+                raise InferenceUnavailable(f"{model} request failed: {exc.message()}") from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _padded(rows: list[Sequence[str]]) -> np.ndarray:
+    """Ragged id lists as one (rows, longest) BYTES array padded with empty ids."""
+    ids = np.full((len(rows), max(1, max(len(r) for r in rows))), b"", dtype=object)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = [item.encode() for item in row]
+    return ids
+
+
+def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor

@@ -1,0 +1,238 @@
+"""The stream processors' orchestration, on the in-memory doubles of ``worker.testing``.
+
+The adapters themselves are tested against real servers in tests/integration; here the
+question is only what the processors do with their answers and failures.
+"""
+
+import asyncio
+import json
+import time
+
+from stream_app.core.errors import RedisUnavailable
+from stream_app.core.events import Interaction, ItemUpsert
+from stream_app.core.policy import Candidate
+from stream_app.core.privacy import Pseudonymiser
+from stream_app.core.settings import Settings
+from stream_app.worker.metrics import REGISTRY
+from stream_app.worker.ports import HistoryRow, RawEvent
+from stream_app.worker.processors import InteractionProcessor, ItemProcessor, _by_user
+from stream_app.worker.testing import (
+    HashEmbedder,
+    InMemoryCatalog,
+    InMemoryHistory,
+    InMemoryPopularity,
+    RecordingPublisher,
+    ScriptedRecommender,
+)
+
+NOW = 1_764_115_200.0
+TRENDING = [("20", 1.0), ("1", 0.9), ("21", 0.5)]
+
+
+def items_1_to_12(row: HistoryRow) -> list[Candidate]:
+    """Items 1..12, each explained by the user's first history item; nothing for a history
+    of items the model does not know ("x..."), like items removed since."""
+    if all(i.startswith("x") for i in row.item_ids):
+        return []
+    return [Candidate(str(i), 1.0 - i / 100, row.item_ids[0]) for i in range(1, 13)]
+
+
+def catalog() -> InMemoryCatalog:
+    """Every item the tests name, but those called "unknown..."."""
+    ids = [str(i) for i in range(1, 30)] + [f"x{i}" for i in range(10)]
+    return InMemoryCatalog([ItemUpsert(i, f"Movie {i}", f"text {i}") for i in ids])
+
+
+def processor(history, publisher, settings=None, recommender=None, popularity=None, clock=None):
+    return InteractionProcessor(
+        settings or Settings(),
+        history,
+        recommender or ScriptedRecommender(items_1_to_12),
+        catalog(),
+        popularity or InMemoryPopularity(TRENDING),
+        publisher,
+        **({"clock": clock} if clock else {}),
+    )
+
+
+def raw(value: bytes | dict, offset: int = 0) -> RawEvent:
+    body = json.dumps(value).encode() if isinstance(value, dict) else value
+    return RawEvent(b"k", body, "interactions", 0, offset, NOW)
+
+
+def click(user: str, event: str, item: str, ts: float = NOW) -> dict:
+    return {"event_id": event, "user_id": user, "item_id": item, "type": "click", "ts": ts}
+
+
+def purchase(user: str, event: str, item: str) -> dict:
+    return {**click(user, event, item), "type": "purchase"}
+
+
+PSEUDONYM = Pseudonymiser(Settings().privacy.user_id_key.get_secret_value())
+
+
+def run(history, batch, popularity=None):
+    publisher = RecordingPublisher()
+    work = processor(history, publisher, popularity=popularity, clock=lambda: NOW)
+    outcome = asyncio.run(work.process(batch))
+    return outcome, publisher
+
+
+def dead(publisher: RecordingPublisher) -> list[tuple[bytes, str]]:
+    return [(event.value, error.reason) for event, error in publisher.dead_letters]
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_valid_events_are_recommended_and_bad_ones_dead_lettered():
+    batch = [raw(click("u1", "e1", "1", NOW - 1)), raw(b"{oops"), raw(click("u1", "e2", "3"))]
+    outcome, publisher = run(InMemoryHistory(), batch)
+
+    assert dead(publisher) == [(b"{oops", "malformed_json")]
+    (message,) = publisher.published
+    assert message.user_id == "u1"
+    assert message.trigger_event_id == "e2"
+    assert [i.item_id for i in message.items] == ["2", *map(str, range(4, 13))]  # 1, 3 clicked
+    assert {i.reason for i in message.items} == {"personal"}
+    assert message.items[0].explanation == "because you watched Movie 1"
+    assert message.items[0].because_item_id == "1"
+    assert message.model_version == "test-v1"
+    assert publisher.flushes == 1
+    assert (outcome.consumed, outcome.dead_lettered, outcome.published) == (3, 1, 1)
+
+
+def test_redelivered_events_count_as_duplicates_but_still_publish():
+    history = InMemoryHistory()
+    run(history, [raw(click("u1", "e1", "1"))])
+    outcome, publisher = run(history, [raw(click("u1", "e1", "1"))])
+    assert outcome.duplicates == 1
+    assert len(publisher.published) == 1  # the first run may have died before publishing
+
+
+def test_failures_are_retried_until_the_batch_is_done():
+    history = InMemoryHistory(failures=[RedisUnavailable("down"), TypeError("bug")])
+    outcome, publisher = run(history, [raw(click("u1", "e1", "1"))])
+    assert history.failures == []
+    assert outcome.published == 1 and len(publisher.published) == 1
+    assert list(history.saved) == [PSEUDONYM("u1")]
+
+
+def test_redis_sees_pseudonyms_only_and_the_stored_list_has_no_caller_ids():
+    history = InMemoryHistory()
+    run(history, [raw(click("alice", "alice-e1", "1"))])
+    assert list(history.histories) == [PSEUDONYM("alice")] and PSEUDONYM("alice") != "alice"
+    assert history.histories[PSEUDONYM("alice")][0].event_id == PSEUDONYM("alice-e1")
+    assert "alice" not in history.saved[PSEUDONYM("alice")].decode()
+
+
+def test_purchases_never_come_back_even_after_leaving_the_history_window():
+    history = InMemoryHistory(history_length=3)
+    bought = [purchase("u1", f"e{i}", str(i)) for i in range(1, 6)]
+    run(history, [raw(e) for e in bought])
+    _, publisher = run(history, [raw(click("u1", "e9", "x9"))])  # 1..5 are out of the window
+    (message,) = publisher.published
+    # 1..5 bought; the seven items left are topped up from trending, minus bought "1".
+    assert [(i.item_id, i.reason) for i in message.items] == [
+        *((str(i), "personal") for i in range(6, 13)),
+        ("20", "fallback"),
+        ("21", "fallback"),
+    ]
+    assert message.items[-1].explanation == "popular right now"
+
+
+def test_a_user_without_known_items_gets_trending_items():
+    popularity = InMemoryPopularity(TRENDING)
+    _, publisher = run(InMemoryHistory(), [raw(click("new", "e1", "x1"))], popularity)
+    (message,) = publisher.published
+    assert [(i.item_id, i.reason) for i in message.items] == [
+        ("20", "trending"),
+        ("1", "trending"),
+        ("21", "trending"),
+    ]
+    assert message.items[0].explanation == "trending now"
+    assert [e.item_id for e in popularity.recorded] == ["x1"]
+    assert popularity.shown == ["1", "20", "21"]
+
+
+def test_a_click_on_a_recommended_item_counts_a_hit_by_position():
+    history = InMemoryHistory()
+    run(history, [raw(click("u1", "e1", "1"))])  # shown: 2, 3, 4, ...
+    hits = metric("streamrec_quality_hits_total", position="2-3", reason="personal")
+    scored = metric("streamrec_quality_interactions_total")
+    run(history, [raw(click("u1", "e2", "3")), raw(click("u1", "e2", "3"))])  # one redelivered
+    assert metric("streamrec_quality_hits_total", position="2-3", reason="personal") == hits + 1
+    assert metric("streamrec_quality_interactions_total") == scored + 1
+
+
+def test_an_unavailable_model_degrades_lists_and_the_breaker_stops_calling_it():
+    settings = Settings(triton={"breaker_failures": 2, "breaker_cooldown_s": 0.05})
+    recommender, publisher = ScriptedRecommender(items_1_to_12), RecordingPublisher()
+    recommender.down = True
+    work = processor(InMemoryHistory(), publisher, settings, recommender)
+    for n in range(4):
+        asyncio.run(work.process([raw(click("u1", f"e{n}", "1"))]))
+    assert recommender.calls == 2  # then the breaker opened: no call waits on a dead server
+    assert all(m.degraded and m.model_version == "unavailable" for m in publisher.published)
+    assert [(i.item_id, i.reason) for i in publisher.published[-1].items] == [
+        ("20", "fallback"),
+        ("21", "fallback"),
+    ]  # trending, minus the item the user clicked
+    assert metric("streamrec_triton_breaker_open") == 1
+
+    recommender.down = False
+    time.sleep(0.06)  # the cool-down passes: one call tries again, and it works
+    asyncio.run(work.process([raw(click("u1", "e9", "2"))]))
+    assert recommender.calls == 3
+    last = publisher.published[-1]
+    assert not last.degraded and last.items[0].reason == "personal"
+    assert metric("streamrec_triton_breaker_open") == 0
+
+
+def test_an_item_the_catalog_does_not_hold_is_dead_lettered_or_kept_as_configured():
+    batch = [raw(click("u1", "e1", "unknown-7")), raw(click("u1", "e2", "3"))]
+    history = InMemoryHistory()
+    run(history, batch)  # the default keeps it: the item may just not have arrived yet
+    assert {e.item_id for e in history.histories[PSEUDONYM("u1")]} == {"unknown-7", "3"}
+
+    publisher = RecordingPublisher()
+    settings = Settings(worker={"unknown_items": "dead_letter"})
+    outcome = asyncio.run(processor(InMemoryHistory(), publisher, settings).process(batch))
+    assert dead(publisher) == [(batch[0].value, "unknown_item")]
+    assert outcome.dead_lettered == 1 and publisher.published[0].trigger_event_id == "e2"
+
+
+def test_a_batch_splits_by_user_keeping_each_users_events_together_in_order():
+    events = [Interaction(f"e{i}", f"u{i % 7}", "1", "click", float(i)) for i in range(100)]
+    groups = _by_user(events, 3)
+    assert 1 <= len(groups) <= 3
+    assert sorted(e.event_id for g in groups for e in g) == sorted(e.event_id for e in events)
+    for user in {e.user_id for e in events}:
+        holding = [g for g in groups if any(e.user_id == user for e in g)]
+        assert len(holding) == 1
+        assert [e.ts for e in holding[0] if e.user_id == user] == sorted(
+            e.ts for e in events if e.user_id == user
+        )
+    assert _by_user(events, 1) == [events]
+
+
+def test_items_are_embedded_and_stored_the_last_change_of_an_item_winning():
+    def item(item_id: str, title: str, **extra) -> RawEvent:
+        return raw({"item_id": item_id, "title": title, "text": f"{title} text", **extra})
+
+    store, embedder, publisher = catalog(), HashEmbedder(), RecordingPublisher()
+    work = ItemProcessor(Settings(), store, embedder, publisher)
+    batch = [
+        item("new", "First title"),
+        item("new", "Second title"),
+        item("2", "Gone", available=False),
+        raw(b'{"item_id": "bad"}'),
+    ]
+    outcome = asyncio.run(work.process(batch))
+
+    assert embedder.texts == ["Second title text"]  # one encoding per item, the last one
+    assert store.items["new"].title == "Second title" and store.vectors["new"].shape == (8,)
+    assert "2" not in store.items
+    assert dead(publisher) == [(b'{"item_id": "bad"}', "missing_field")]
+    assert (outcome.consumed, outcome.dead_lettered, publisher.flushes) == (4, 1, 1)

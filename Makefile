@@ -28,7 +28,7 @@ chart-tools: ## helm and the offline manifest validators the Helm chart's tests 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[worker,serving,offline,dev,bench]'
 	touch $@
 
 data: $(RECBOLE_WHEEL) ## MovieLens-100k (inside the recbole wheel; never installed)
@@ -38,7 +38,7 @@ $(RECBOLE_WHEEL): | $(BIN)/.installed
 
 models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 
-$(ONNX_MODEL): serving/encoder.py serving/export.py serving/tokenize.py | $(BIN)/.installed
+$(ONNX_MODEL): serving/offline/encoder.py serving/offline/export_encoder.py serving/model_server/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
 
 head: setup ## (re)train the scoring head (CPU, ~5 min) and serve it as recommender version 2
@@ -75,8 +75,11 @@ test-reliability: setup ## every reliability scenario (kills, outages; ~5 min), 
 test-unit: $(BIN)/.installed chart-tools ## unit tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
-lint: $(BIN)/.installed ## ruff
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: $(BIN)/.installed ## ruff, the import contracts of the layout by process, mypy (core, worker, model server)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean: ## remove generated files (virtualenv, data, models, var/)
 	rm -rf $(VENV) data var $(ONNX_MODEL) model_repository/item_embedder/1/tokenizer.json

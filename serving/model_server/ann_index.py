@@ -91,12 +91,14 @@ class AnnIndex:
     def upsert(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Add rows, or move known rows to their new vectors."""
         rows = np.asarray(rows, dtype=np.int64)
-        self._index.remove_ids(rows)  # an IVF index would otherwise keep both copies
+        # An IVF index would otherwise keep both copies. (faiss wraps an id array into an
+        # IDSelectorBatch itself; its type stubs only know the selector.)
+        self._index.remove_ids(rows)  # type: ignore[arg-type]
         self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
 
     def remove(self, rows: np.ndarray) -> None:
         """Rows that are not in the index are ignored."""
-        self._index.remove_ids(np.asarray(rows, dtype=np.int64))
+        self._index.remove_ids(np.asarray(rows, dtype=np.int64))  # type: ignore[arg-type]
 
     def search(self, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to n rows per user, best first: (B, n) rows (-1 = none) and float32 scores

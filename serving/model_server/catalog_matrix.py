@@ -72,7 +72,7 @@ class CatalogMatrix:
 
     def ann_index(self) -> AnnIndex | None:
         """The approximate index, while the catalog is large enough to need it."""
-        if self._index is not None and self.active_count > self._ann.min_items:
+        if self._index is not None and self.active_count > self._ann_config().min_items:
             return self._index
         return None
 
@@ -110,7 +110,7 @@ class CatalogMatrix:
         vectors = np.asarray(vectors, dtype=np.float32)[list(latest.values())]
         # Everything that can fail comes before the first change to this matrix.
         scoring = self._transform(item_ids, vectors) if self._transform else vectors
-        new_rows = {}
+        new_rows: dict[str, int] = {}
         for item_id in item_ids:
             if item_id not in self.row_of:
                 new_rows[item_id] = self.size + len(new_rows)
@@ -141,20 +141,26 @@ class CatalogMatrix:
             elif self._build is not None:
                 self._build.changed.update(rows)
 
+    def _ann_config(self) -> AnnConfig:
+        if self._ann is None:
+            raise AssertionError("an index exists only where an AnnConfig was given")
+        return self._ann
+
     def _start_build(self) -> None:
+        ann = self._ann_config()
         build = self._build = _IndexBuild()
         rows = np.flatnonzero(self.active)
         # A view, not a copy of the whole matrix: rows written while a background build
         # reads it are in build.changed and redone before the index is swapped in.
         scoring = self.scoring
         if not self._background:
-            self._finish(build, AnnIndex(rows, _select(scoring, rows), self._ann))
+            self._finish(build, AnnIndex(rows, _select(scoring, rows), ann))
             return
 
         def run() -> None:
             started = time.monotonic()
             try:
-                index = AnnIndex(rows, _select(scoring, rows), self._ann)
+                index = AnnIndex(rows, _select(scoring, rows), ann)
             except Exception:  # noqa: BLE001  (the exact search goes on; a later upsert retries)
                 logger.exception("approximate index build failed rows=%d", len(rows))
                 with self._lock:

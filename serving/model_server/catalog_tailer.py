@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from redis.exceptions import RedisError
@@ -66,7 +67,10 @@ class CatalogTailer:
         """Apply the log entries after the last applied one; returns how many."""
         if self.seq < 0:
             self.load_snapshot()
-        reply = self._redis.xread({self.keys.log: self._last_id}, count=1000, block=block_ms)
+        reply = cast(
+            list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+            self._redis.xread({self.keys.log: self._last_id}, count=1000, block=block_ms),
+        )
         entries = reply[0][1] if reply else []
         if not entries:
             return 0
@@ -87,7 +91,9 @@ class CatalogTailer:
         """Apply a run of changes; returns the upserts that made an item scorable."""
         latest = {c.item_id: c for c in changes}  # the last change of an item wins
         upserted = [c.item_id for c in latest.values() if c.op == "upsert"]
-        blobs = self._redis.hmget(self.keys.vectors, upserted) if upserted else []
+        blobs = cast(
+            list[bytes | None], self._redis.hmget(self.keys.vectors, upserted) if upserted else []
+        )
         found = {i: b for i, b in zip(upserted, blobs) if b is not None}
         # An item removed again after its upsert was logged has no vector any more.
         removed = [c.item_id for c in latest.values() if c.item_id not in found]

@@ -27,10 +27,11 @@ def confluent_security(kafka: KafkaSettings) -> dict[str, str]:
     """librdkafka options for the same protocol, mechanism, credentials and files."""
     options = {"security.protocol": kafka.security_protocol.lower()}
     if kafka.security_protocol.startswith("SASL"):
+        username, password = kafka.sasl_credentials()
         options |= {
             "sasl.mechanism": kafka.sasl_mechanism,
-            "sasl.username": kafka.sasl_username,
-            "sasl.password": kafka.sasl_password.get_secret_value(),
+            "sasl.username": username,
+            "sasl.password": password,
         }
     files = {
         "ssl.ca.location": kafka.ssl_ca_file,

@@ -96,6 +96,12 @@ class KafkaSettings(_Group):
     def _password_file(cls, data: object) -> object:
         return _secret_from_file(data, "sasl_password")
 
+    def sasl_credentials(self) -> tuple[str, str]:
+        """(user name, password) for a SASL security protocol."""
+        if self.sasl_username is None or self.sasl_password is None:
+            raise ConfigError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        return self.sasl_username, self.sasl_password.get_secret_value()
+
     @model_validator(mode="after")
     def _complete_security(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL") and not (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import faust
 
@@ -108,7 +109,9 @@ def create_app(settings: Settings) -> faust.App:
     async def consume(
         stream: faust.StreamT, processor: InteractionProcessor | ItemProcessor
     ) -> None:
-        async for events in stream.take_events(worker.batch_max_events, within=batch_window_s):
+        # Agents get a faust.Stream; faust's StreamT protocol leaves take_events out.
+        batches = cast(faust.Stream, stream).take_events
+        async for events in batches(worker.batch_max_events, within=batch_window_s):
             # take_events acknowledges the batch only after this block returns, so the
             # offsets Faust commits never run ahead of written outputs.
             started = time.perf_counter()

@@ -8,6 +8,7 @@ recommender instance tails.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -59,7 +60,9 @@ class RedisCatalog(Catalog):
             return {}
         with track_redis("titles"):
             try:
-                raw = await self._redis.hmget(self.keys.meta, list(item_ids))
+                raw = cast(
+                    list[bytes | None], await self._redis.hmget(self.keys.meta, list(item_ids))
+                )
             except RedisError as exc:
                 raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
         return {i: t for i, t in zip(item_ids, meta_fields(raw, "title")) if t is not None}

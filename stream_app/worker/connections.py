@@ -13,10 +13,10 @@ def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | N
     """Faust's credentials for the configured security protocol (None: plaintext)."""
     context = kafka_ssl_context(kafka)
     if kafka.security_protocol.startswith("SASL"):
-        assert kafka.sasl_username and kafka.sasl_password  # the settings insist on both
+        username, password = kafka.sasl_credentials()
         return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value(),
+            username=username,
+            password=password,
             mechanism=kafka.sasl_mechanism,
             ssl_context=context,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -34,7 +35,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this when the consumer starts.
-        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = cast(App, self.app).fetch_max_wait_ms
         return consumer
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -131,7 +132,7 @@ class RedisHistory(History):
     async def latest_recommendations(self, user_id: str) -> bytes | None:
         with track_redis("latest_recommendations"):
             try:
-                return await self._redis.get(self.keys(user_id).recs)
+                return cast(bytes | None, await self._redis.get(self.keys(user_id).recs))
             except RedisError as exc:
                 raise RedisUnavailable(
                     f"reading recommendations failed: {type(exc).__name__}"

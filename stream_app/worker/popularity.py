@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -107,7 +108,10 @@ class RedisPopularity(Popularity):
             return self._cached[2][:n]
         with track_redis("trending"):
             try:
-                top = await self._redis.zrevrange(self.keys.trending, 0, 2 * n - 1, withscores=True)
+                top = cast(
+                    list[tuple[bytes, float]],
+                    await self._redis.zrevrange(self.keys.trending, 0, 2 * n - 1, withscores=True),
+                )
                 ids = [i for i, _ in top]
                 known = await self._redis.hmget(self._catalog.meta, ids) if ids else []
             except RedisError as exc:

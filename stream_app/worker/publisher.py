@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 
 import faust
+from faust.types import RecordMetadata
 
 from stream_app.core.errors import InvalidEvent
 from stream_app.core.events import Recommendations
@@ -22,7 +23,8 @@ class FaustPublisher(Publisher):
         self._recommendations = recommendations
         self._dead_letters = dead_letters
         self._max_value_bytes = max_value_bytes
-        self._pending: list[Awaitable[asyncio.Future]] = []
+        # send() coroutines, each returning the future of its delivery.
+        self._pending: list[Awaitable[Awaitable[RecordMetadata]]] = []
 
     def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None:
         headers = {

@@ -21,10 +21,10 @@ import pytest
 import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
 
-from stream_app.devtools import probes
 from stream_app.core.events import ItemUpsert
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import Settings
+from stream_app.devtools import probes
 from stream_app.devtools.kafka_io import TopicReader, all_topics, client_config, ensure_topics
 from stream_app.devtools.probes import metric_sum, scrape
 from stream_app.devtools.redis_io import CatalogStore

@@ -254,7 +254,9 @@ def test_the_worker_pod_matches_the_code(scenario, tmp_path, monkeypatch):
     spec = container(worker)
 
     # Probes: the paths web.py serves, on the port the worker listens on.
-    pages = set(re.findall(r'@app\.page\("(/\w+)"\)', (ROOT / "stream_app/worker/web.py").read_text()))
+    pages = set(
+        re.findall(r'@app\.page\("(/\w+)"\)', (ROOT / "stream_app/worker/web.py").read_text())
+    )
     (port,) = spec["ports"]
     assert port["containerPort"] == settings.worker.web_port
     assert settings.worker.web_host == "0.0.0.0"
@@ -323,7 +325,7 @@ def test_keda_measures_the_lag_of_the_workers_group(scenario, tmp_path, monkeypa
     for trigger in triggers:
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"
-        # Faust's app id is the consumer group (stream_app/worker/app.py: App(kafka.consumer_group)).
+        # Faust's app id is the consumer group (worker/app.py: App(kafka.consumer_group)).
         assert meta["consumerGroup"] == kafka.consumer_group
         assert meta["bootstrapServers"] == kafka.bootstrap
         assert (meta.get("tls") == "enable") == kafka.security_protocol.endswith("SSL")

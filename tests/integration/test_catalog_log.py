@@ -16,7 +16,7 @@ from stream_app.devtools.redis_io import CatalogStore
 from stream_app.worker.catalog import RedisCatalog
 from stream_app.worker.connections import redis_client
 from stream_app.worker.testing import InMemoryCatalog
-from tests.integration.conftest import unique
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from stream_app.devtools.kafka_io import ensure_topics
 from stream_app.devtools.probes import recommendations_after
 from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import WorkerProcess
-from tests.integration.conftest import VAR, isolated, unique, wait_until
 from tests.integration.promql import metric_names
+from tests.support import VAR, isolated, unique, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from stream_app.core.errors import StackError
 from stream_app.core.settings import Settings
 from stream_app.devtools.devstack import DevStack, ManagedProcess, free_port, port_open
-from tests.integration.conftest import wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 

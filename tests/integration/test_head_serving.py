@@ -30,7 +30,7 @@ from stream_app.devtools.devstack import DevStack, free_port
 from stream_app.devtools.redis_io import CatalogStore, redis_client
 from stream_app.worker.ports import HistoryRow
 from stream_app.worker.triton_client import TritonRecommender
-from tests.integration.conftest import VAR, unique
+from tests.support import VAR, unique
 
 pytestmark = pytest.mark.integration
 

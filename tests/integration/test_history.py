@@ -17,7 +17,7 @@ from stream_app.core.keys import CatalogKeys
 from stream_app.worker.history import RedisHistory
 from stream_app.worker.popularity import RedisPopularity
 from stream_app.worker.testing import InMemoryHistory
-from tests.integration.conftest import unique
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 

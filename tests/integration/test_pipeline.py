@@ -31,7 +31,7 @@ from stream_app.devtools.redis_io import CatalogStore
 from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import WorkerProcess
 from stream_app.worker.history import RedisHistory
-from tests.integration.conftest import VAR, isolated, unique, wait_until
+from tests.support import VAR, isolated, unique, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from stream_app.devtools.probes import scrape
 from stream_app.devtools.redis_io import CatalogStore
 from stream_app.worker.ports import HistoryRow
 from stream_app.worker.triton_client import TritonRecommender
-from tests.integration.conftest import wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import os
 import platform
 from pathlib import Path
 
-from tests.reliability.conftest import RESULTS
+from tests.reliability.scenarios import RESULTS
 
 TABLE = Path("bench/results/reliability/README.md")
 COLUMNS = ("events", "lost", "duplicated", "recovery_s")

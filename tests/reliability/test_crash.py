@@ -7,7 +7,7 @@ import time
 import pytest
 
 from stream_app.devtools.devstack import free_port
-from tests.reliability.conftest import (
+from tests.reliability.scenarios import (
     dead_letters,
     history_errors,
     malformed_events,

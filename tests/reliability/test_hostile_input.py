@@ -12,7 +12,8 @@ import pytest
 
 from stream_app.devtools.kafka_io import TopicReader
 from stream_app.devtools.replay import PlannedEvent, produce_raw
-from tests.reliability.conftest import ensure, isolated, record, wait_for_final_lists, worker
+from tests.reliability.scenarios import ensure, record, wait_for_final_lists, worker
+from tests.support import isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

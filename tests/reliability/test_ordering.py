@@ -10,8 +10,8 @@ import pytest
 
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.devtools.replay import PlannedEvent, encode, produce_raw
-from tests.integration.conftest import unique
-from tests.reliability.conftest import record, stored_histories, wait_for_final_lists, worker
+from tests.reliability.scenarios import record, stored_histories, wait_for_final_lists, worker
+from tests.support import unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -15,12 +15,10 @@ from stream_app.devtools.devstack import DevStack, free_port
 from stream_app.devtools.kafka_io import TopicReader, client_config
 from stream_app.devtools.probes import scrape
 from stream_app.devtools.replay import replay
-from tests.integration.conftest import VAR, unique, wait_until
-from tests.reliability.conftest import (
+from tests.reliability.scenarios import (
     RedisServer,
     ensure,
     history_errors,
-    isolated,
     movielens_events,
     produce_probes,
     record,
@@ -29,6 +27,7 @@ from tests.reliability.conftest import (
     wait_for_final_lists,
     worker,
 )
+from tests.support import VAR, isolated, unique, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -15,15 +15,14 @@ from stream_app.devtools.devstack import ManagedProcess, free_port, port_open
 from stream_app.devtools.replay import replay
 from stream_app.worker.connections import redis_client as worker_redis_client
 from stream_app.worker.history import RedisHistory
-from tests.integration.conftest import VAR, unique
-from tests.reliability.conftest import (
+from tests.reliability.scenarios import (
     ensure,
     history_errors,
-    isolated,
     movielens_events,
     wait_for_final_lists,
     worker,
 )
+from tests.support import VAR, isolated, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

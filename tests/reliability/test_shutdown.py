@@ -15,17 +15,16 @@ import pytest
 from stream_app.devtools.devstack import free_port
 from stream_app.devtools.probes import scrape
 from stream_app.devtools.replay import replay
-from tests.integration.conftest import wait_until
-from tests.reliability.conftest import (
+from tests.reliability.scenarios import (
     RedisServer,
     ensure,
     history_errors,
-    isolated,
     movielens_events,
     record,
     wait_for_final_lists,
     worker,
 )
+from tests.support import isolated, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

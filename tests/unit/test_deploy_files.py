@@ -10,18 +10,9 @@ import yaml
 
 from stream_app.cli import COMMANDS
 from stream_app.core.settings import Settings
+from tests.support import is_setting
 
 DOCKER = Path("deploy/docker")
-
-
-def is_setting(variable: str) -> bool:
-    """STREAMREC_<GROUP>__<FIELD> (or STREAMREC_<FIELD>) names a real setting."""
-    name = variable.removeprefix("STREAMREC_").lower()
-    group, _, field = name.partition("__")
-    if not field:
-        return group in Settings.model_fields
-    annotation = Settings.model_fields[group].annotation if group in Settings.model_fields else None
-    return annotation is not None and field in annotation.model_fields
 
 
 def test_compose_sets_only_real_settings_and_mounts_existing_files():

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from stream_app.core.settings import Settings, load_settings
-from tests.unit.test_deploy_files import is_setting
+from tests.support import is_setting
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "deploy/helm/streamrec"

@@ -1,4 +1,5 @@
-"""Session fixtures: the real broker, Redis and Triton, started by the same launcher as the demo.
+"""Session fixtures shared by the integration and reliability tests: the real broker, Redis
+and Triton, started by the same launcher as the demo (helpers: ``tests/support.py``).
 
 Servers are started on free ports (Redis: the one on 6379 is reused when it answers), so
 the tests never touch a stack a developer has running. Every test names its own topics,
@@ -9,7 +10,6 @@ test fails — it never skips.
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +21,8 @@ from serving.offline.data import load_movielens
 from stream_app.core.settings import Settings
 from stream_app.devtools.catalog_loader import load_catalog
 from stream_app.devtools.devstack import DevStack, free_port
-from stream_app.devtools.devstack import isolated as devstack_isolated
 from stream_app.devtools.redis_io import redis_client
-
-VAR = Path("var/test")
+from tests.support import VAR
 
 
 def zero_shot_repository() -> Path:
@@ -76,26 +74,6 @@ def catalog(stack: DevStack, stack_settings: Settings, movielens) -> int:
 @pytest.fixture
 def redis_sync(stack: DevStack, stack_settings: Settings) -> redis.Redis:
     return redis_client(stack_settings)
-
-
-def isolated(base: Settings, name: str = "rel", **groups: dict) -> Settings:
-    """The session stack's settings with topics, group and ports of one test (names start
-    with ``name``); see devstack.isolated."""
-    return devstack_isolated(base, unique(name), VAR, **groups)
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds or the timeout passes; returns its last answer."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return bool(condition())
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def _delete_prefix(client: redis.Redis, prefix: str) -> None:

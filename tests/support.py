@@ -1,0 +1,43 @@
+"""Helpers the tests share (fixtures live in conftest.py files; no test module imports
+another)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from stream_app.core.settings import Settings
+from stream_app.devtools.devstack import isolated as devstack_isolated
+
+VAR = Path("var/test")
+
+
+def isolated(base: Settings, name: str = "rel", **groups: dict) -> Settings:
+    """The session stack's settings with topics, group and ports of one test (names start
+    with ``name``); see devstack.isolated."""
+    return devstack_isolated(base, unique(name), VAR, **groups)
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or the timeout passes; returns its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def is_setting(variable: str) -> bool:
+    """STREAMREC_<GROUP>__<FIELD> (or STREAMREC_<FIELD>) names a real setting."""
+    name = variable.removeprefix("STREAMREC_").lower()
+    group, _, field = name.partition("__")
+    if not field:
+        return group in Settings.model_fields
+    annotation = Settings.model_fields[group].annotation if group in Settings.model_fields else None
+    return annotation is not None and field in annotation.model_fields

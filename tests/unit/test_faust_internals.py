@@ -27,10 +27,8 @@ def app(tmp_path, fetch_max_wait_ms: int = 25) -> faust.App:
 
 
 def test_the_fetch_wait_reaches_the_aiokafka_consumer_faust_creates(tmp_path):
-    worker_app = app(tmp_path, fetch_max_wait_ms=37)
-
-    async def create():  # aiokafka wants a running loop; nothing connects yet
-        thread = worker_app.consumer._thread
+    async def create():  # Faust and aiokafka want a running loop; nothing connects yet
+        thread = app(tmp_path, fetch_max_wait_ms=37).consumer._thread
         return thread._create_consumer(asyncio.get_running_loop())
 
     consumer = asyncio.run(create())

@@ -26,7 +26,7 @@ from stream_app.core.errors import InvalidEvent
 from stream_app.core.events import Recommendations, parse_interaction
 from stream_app.core.policy import Candidate, assemble, excluded_items
 from stream_app.core.privacy import Pseudonymiser
-from stream_app.core.settings import Settings
+from stream_app.core.settings import Settings, load_settings
 from stream_app.devtools.kafka_io import client_config, producer
 from stream_app.devtools.redis_io import CatalogStore, redis_client
 
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--timeout-s", type=float, default=300.0)
     args = parser.parse_args()
-    worker = NaiveWorker(Settings())
+    worker = NaiveWorker(load_settings())
     try:
         print(json.dumps(worker.run(args.events, args.timeout_s)), flush=True)
     finally:

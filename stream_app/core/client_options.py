@@ -45,7 +45,7 @@ def redis_options(redis: RedisSettings, timeout_s: float | None = None) -> dict:
     """redis-py keyword arguments beyond the URL: socket timeout (``timeout_s`` overrides
     the setting), ACL user, password, TLS CA."""
     options: dict = {
-        "socket_timeout": timeout_s or redis.timeout_s,
+        "socket_timeout": redis.timeout_s if timeout_s is None else timeout_s,
         "username": redis.username,
         "password": redis.password.get_secret_value() if redis.password else None,
     }

@@ -71,9 +71,9 @@ def create_app(settings: Settings) -> faust.App:
     items = raw_topic(kafka.items_topic)
     items_dlq = raw_topic(kafka.items_topic + kafka.dlq_suffix)
 
-    redis = redis_client(settings)
+    client = redis_client(settings)  # one connection pool for every adapter
     history = RedisHistory(
-        redis,
+        client,
         settings.redis.key_prefix,
         settings.redis.history_length,
         settings.redis.dedup_window,
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     policy = settings.policy
     popularity = RedisPopularity(
-        redis,
+        client,
         settings.redis.key_prefix,
         policy.trending_half_life_s,
         policy.trending_max_items,
@@ -95,14 +95,14 @@ def create_app(settings: Settings) -> faust.App:
         settings.triton.embedder_model,
         settings.triton.timeout_s,
     )
-    catalog = RedisCatalog(redis, settings.redis.key_prefix)
+    catalog = RedisCatalog(client, settings.redis.key_prefix)
     pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
     if settings.privacy.user_id_key.get_secret_value() == DEVELOPMENT_USER_ID_KEY:
         logger.warning(
             "user ids are pseudonymised with the built-in development key: set"
             " STREAMREC_PRIVACY__USER_ID_KEY to a secret in production"
         )
-    web.register(app, history, redis, recommender, pseudonym)
+    web.register(app, history, client, recommender, pseudonym)
     worker = settings.worker
     batch_window_s = worker.batch_window_ms / 1000
 

@@ -37,7 +37,8 @@ class InMemoryHistory(History):
     """Histories in dicts. The dedup window and the purchased set are unbounded here.
 
     ``failures`` are raised by the next calls to ``append_batch``, one each, to stand in
-    for an outage or a bug.
+    for an outage or a bug; such a call changes nothing (the Redis pipeline can fail after
+    some users' scripts ran, whose events then come back as repeats on the retry).
     """
 
     def __init__(self, history_length: int = 50, failures: Sequence[Exception] = ()) -> None:
@@ -115,10 +116,17 @@ class InMemoryCatalog(Catalog):
 
 
 class InMemoryPopularity(Popularity):
-    """Trending is a fixed list given at construction; what is recorded is kept."""
+    """Trending from item scores given at construction, answered as the Redis adapter
+    answers: items no longer in ``catalog`` (when given) and scores of 0 left out, best
+    first, each as a share of the best. What is recorded is kept, not counted: the scores
+    do not change with it, nor decay.
+    """
 
-    def __init__(self, trending: Sequence[tuple[str, float]] = ()) -> None:
-        self.ranked = list(trending)
+    def __init__(
+        self, scores: Sequence[tuple[str, float]] = (), catalog: InMemoryCatalog | None = None
+    ) -> None:
+        self.scores = dict(scores)
+        self.catalog = catalog
         self.recorded: list[Interaction] = []
         self.shown: list[str] = []
 
@@ -127,20 +135,31 @@ class InMemoryPopularity(Popularity):
         self.shown += recommended
 
     async def trending(self, n: int) -> list[tuple[str, float]]:
-        return self.ranked[:n]
+        live = [
+            (item, score)
+            for item, score in sorted(self.scores.items(), key=lambda s: -s[1])
+            if score > 0 and (self.catalog is None or item in self.catalog.items)
+        ][:n]
+        best = live[0][1] if live else 1.0
+        return [(item, score / best) for item, score in live]
 
 
 class ScriptedRecommender(Recommender):
     """Answers each history row with the candidates ``script(row)`` proposes, as Triton's
-    recommender would: without the row's excluded items, at most k, as model ``version``.
-    Counts its calls and keeps the rows it was asked about. While ``down`` is set it fails
-    the way an unreachable Triton does."""
+    recommender would: without the row's excluded items, at most k, as model ``version``
+    (``honours_exclusions=False``: a model that returns excluded items anyway, which the
+    processor must still drop). Counts its calls and keeps the rows it was asked about.
+    While ``down`` is set it fails the way an unreachable Triton does."""
 
     def __init__(
-        self, script: Callable[[HistoryRow], Iterable[Candidate]], version: str = "test-v1"
+        self,
+        script: Callable[[HistoryRow], Iterable[Candidate]],
+        version: str = "test-v1",
+        honours_exclusions: bool = True,
     ) -> None:
         self.script = script
         self.version = version
+        self.honours_exclusions = honours_exclusions
         self.down = False
         self.calls = 0
         self.rows: list[HistoryRow] = []
@@ -150,7 +169,10 @@ class ScriptedRecommender(Recommender):
         if self.down:
             raise InferenceUnavailable("recommender request failed: connection refused")
         self.rows += rows
-        lists = [[c for c in self.script(row) if c.item_id not in row.exclude][:k] for row in rows]
+        lists = []
+        for row in rows:
+            skip = set(row.exclude) if self.honours_exclusions else set()
+            lists.append([c for c in self.script(row) if c.item_id not in skip][:k])
         return Ranking(lists, self.version)
 
 

@@ -16,6 +16,7 @@ def test_percentile_is_nearest_rank():
     assert percentile(values, 50) == 50
     assert percentile(values, 99) == 99
     assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0  # 3 of 5 at or below it, not 2
     assert math.isnan(percentile([], 50))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -220,3 +221,23 @@ def _distributions_of(modules: set[str]) -> set[str]:
     unknown = sorted(m for m in modules if m not in owners)
     assert not unknown, f"modules no installed distribution provides: {unknown}"
     return {canonicalize_name(d) for m in modules for d in owners[m]}
+
+
+def test_the_triton_image_keeps_the_stub_where_its_rpath_finds_its_libraries():
+    """The 3.11 stub loads its CUDA runtime through an RPATH relative to itself: the image
+    must keep that layout (a copy of the stub alone would not start any model)."""
+    stub = triton_backend_utils_dir().parents[1] / "python_backend_stubs" / "3.11"
+    dynamic = subprocess.run(
+        ["readelf", "-d", str(stub / "triton_python_backend_stub")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (rpath,) = re.findall(r"R(?:UN)?PATH\)\s+Library r(?:un)?path: \[(.+)\]", dynamic)
+    image_stub = "/opt/pytriton/pytriton/tritonserver/python_backend_stubs/3.11"
+    image_libs = os.path.normpath(rpath.replace("$ORIGIN", image_stub))
+    text = (DOCKER / "Dockerfile.triton").read_text()
+    assert image_libs == "/opt/pytriton/nvidia_pytriton.libs"
+    assert f"nvidia_pytriton.libs {image_libs}" in text
+    assert f"{image_stub}/triton_python_backend_stub" in text
+    assert "/opt/tritonserver/backends/python/triton_python_backend_stub" in text

@@ -44,12 +44,13 @@ def catalog() -> InMemoryCatalog:
 
 
 def processor(history, publisher, settings=None, recommender=None, popularity=None, clock=None):
+    items = catalog()
     return InteractionProcessor(
         settings or Settings(),
         history,
         recommender or ScriptedRecommender(items_1_to_12),
-        catalog(),
-        popularity or InMemoryPopularity(TRENDING),
+        items,
+        popularity or InMemoryPopularity(TRENDING, items),
         publisher,
         **({"clock": clock} if clock else {}),
     )
@@ -140,6 +141,23 @@ def test_purchases_never_come_back_even_after_leaving_the_history_window():
         ("21", "fallback"),
     ]
     assert message.items[-1].explanation == "popular right now"
+
+
+def test_what_the_model_returns_against_the_policy_is_dropped_all_the_same():
+    history, publisher = InMemoryHistory(), RecordingPublisher()
+    careless = ScriptedRecommender(items_1_to_12, honours_exclusions=False)
+    work = processor(history, publisher, recommender=careless, clock=lambda: NOW)
+    asyncio.run(work.process([raw(purchase("u1", "e1", "2")), raw(click("u1", "e2", "5"))]))
+    (message,) = publisher.published
+    assert {"2", "5"}.isdisjoint(i.item_id for i in message.items)  # bought, clicked
+    assert [i.item_id for i in message.items][:3] == ["1", "3", "4"]
+
+
+def test_trending_leaves_out_items_removed_from_the_catalog():
+    items = catalog()
+    popularity = InMemoryPopularity(TRENDING, items)
+    asyncio.run(items.apply([], None, ["20"]))
+    assert asyncio.run(popularity.trending(3)) == [("1", 1.0), ("21", 0.5 / 0.9)]
 
 
 def test_a_user_without_known_items_gets_trending_items():

@@ -156,6 +156,8 @@ def create_app(settings: Settings) -> faust.App:
             return
         current = set()
         for tp in owned:
+            # The group's committed offset, also for partitions just assigned: why this is
+            # not Faust's public Sensor.on_tp_commit is in faust_internals.
             committed = committed_offsets(app.consumer).get(tp) or 0
             labels = (tp.topic, str(tp.partition))
             metrics.CONSUMER_LAG.labels(*labels).set(max(0, ends.get(tp, committed) - committed))

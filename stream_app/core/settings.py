@@ -97,17 +97,16 @@ class KafkaSettings(_Group):
         return _secret_from_file(data, "sasl_password")
 
     def sasl_credentials(self) -> tuple[str, str]:
-        """(user name, password) for a SASL security protocol."""
-        if self.sasl_username is None or self.sasl_password is None:
-            raise ConfigError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        """(user name, password) for a SASL security protocol; the validator below checks
+        at start-up that both are there."""
+        if not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"{self.security_protocol} needs sasl_username and sasl_password")
         return self.sasl_username, self.sasl_password.get_secret_value()
 
     @model_validator(mode="after")
     def _complete_security(self) -> KafkaSettings:
-        if self.security_protocol.startswith("SASL") and not (
-            self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        if self.security_protocol.startswith("SASL"):
+            self.sasl_credentials()
         if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
             raise ValueError("ssl_cert_file and ssl_key_file go together")
         _files_exist(self, "ssl_ca_file", "ssl_cert_file", "ssl_key_file")

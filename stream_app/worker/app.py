@@ -154,11 +154,12 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:  # noqa: BLE001  (a metric must never stop the worker)
             logger.warning('consumer lag not measured error="%s"', exc)
             return
+        # The group's committed offsets, also of partitions just assigned: why these are
+        # not from Faust's public Sensor.on_tp_commit is in faust_internals.
+        group_offsets = committed_offsets(app.consumer)
         current = set()
         for tp in owned:
-            # The group's committed offset, also for partitions just assigned: why this is
-            # not Faust's public Sensor.on_tp_commit is in faust_internals.
-            committed = committed_offsets(app.consumer).get(tp) or 0
+            committed = group_offsets.get(tp) or 0
             labels = (tp.topic, str(tp.partition))
             metrics.CONSUMER_LAG.labels(*labels).set(max(0, ends.get(tp, committed) - committed))
             current.add(labels)

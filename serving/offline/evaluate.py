@@ -21,9 +21,17 @@ KS = (10, 20)
 ScoreFn = Callable[[list[Sequence[int]], list[Sequence[bool]]], np.ndarray]
 
 
-def target_ranks(scores: np.ndarray, targets: np.ndarray, histories: list[Sequence[int]]):
-    """0-based rank of each user's target among all catalog items, history masked."""
+def target_ranks(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    histories: list[Sequence[int]],
+    unavailable: np.ndarray | None = None,
+):
+    """0-based rank of each user's target among all catalog items, history masked, and
+    ``unavailable`` ([users, n_items + 1] bool: not in the catalog yet) too."""
     scores = scores.astype(np.float64, copy=True)
+    if unavailable is not None:
+        scores[unavailable] = -np.inf
     scores[:, 0] = -np.inf
     for row, (history, target) in enumerate(zip(histories, targets)):
         seen = np.fromiter(history, dtype=np.int64)
@@ -49,6 +57,18 @@ class Task:
     histories: list[tuple[int, ...]]
     purchased: list[tuple[bool, ...]]
     targets: np.ndarray
+    event_ts: np.ndarray | None = None
+    """When each target event happened (the time-based protocol), with ``item_added_ts``:
+    items added to the catalog after an event are not ranked for it."""
+    item_added_ts: np.ndarray | None = None
+    """Per catalog row (padding row 0 included): when the item entered the catalog."""
+
+    def unavailable(self, start: int, end: int) -> np.ndarray | None:
+        if self.event_ts is None or self.item_added_ts is None:
+            return None
+        later = self.item_added_ts[None, :] > self.event_ts[start:end, None]
+        later[np.arange(end - start), self.targets[start:end]] = False
+        return later
 
 
 def next_item_task(split: Split, stage: str) -> Task:
@@ -84,13 +104,24 @@ def cold_start_task(split: Split, held_out: frozenset[int]) -> Task:
     )
 
 
-def evaluate(score: ScoreFn, task: Task, batch: int = 512) -> dict[str, float]:
+def target_ranks_of(score: ScoreFn, task: Task, batch: int = 512) -> np.ndarray:
+    """Each target's 0-based rank (see :func:`target_ranks`), in the task's order."""
+    if not len(task.targets):
+        raise ValueError("nothing to evaluate: the task has no target events")
     ranks = []
     for start in range(0, len(task.targets), batch):
-        end = start + batch
-        scores = score(task.histories[start:end], task.purchased[start:end])
-        ranks.append(target_ranks(scores, task.targets[start:end], task.histories[start:end]))
-    result = ranking_metrics(np.concatenate(ranks))
+        histories, targets = (
+            task.histories[start : start + batch],
+            task.targets[start : start + batch],
+        )
+        scores = score(histories, task.purchased[start : start + batch])
+        unavailable = task.unavailable(start, start + len(targets))
+        ranks.append(target_ranks(scores, targets, histories, unavailable))
+    return np.concatenate(ranks)
+
+
+def evaluate(score: ScoreFn, task: Task, batch: int = 512) -> dict[str, float]:
+    result = ranking_metrics(target_ranks_of(score, task, batch))
     result["users"] = float(len(task.targets))
     return result
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 SCORE_TOLERANCE = 1e-3
 SHIM = Path("model_repository/recommender/1/model.py")
+CHECKPOINT = "head.pt"
 
 
 class _SequenceUser(nn.Module):
@@ -48,12 +50,36 @@ def export_head(
     model_version: str,
     parity_rows: np.ndarray,
     parity_types: np.ndarray,
+    provenance: dict | None = None,
 ) -> dict:
-    """Write the head under ``version_dir``; returns the parity report."""
-    model.eval()
-    tmp = version_dir.with_name(version_dir.name + ".tmp")
+    """Write the head under ``version_dir`` (replacing it whole); returns the parity report."""
+    # A leading dot: Triton reads "2.tmp" as version 2, but ignores ".2.tmp".
+    tmp = version_dir.with_name(f".{version_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    report = write_head(
+        model, item_ids, trained_rows, tmp, model_version, parity_rows, parity_types, provenance
+    )
+    shutil.rmtree(version_dir, ignore_errors=True)
+    tmp.rename(version_dir)
+    return report
+
+
+def write_head(
+    model: ScoringHead,
+    item_ids: tuple[str, ...],
+    trained_rows: set[int],
+    out_dir: Path,
+    model_version: str,
+    parity_rows: np.ndarray,
+    parity_types: np.ndarray,
+    provenance: dict | None = None,
+) -> dict:
+    """Everything a served version holds, into the new directory ``out_dir``: the ONNX
+    graphs, ``head.json`` (with ``provenance``: what the version learned from), the
+    model.py shim and ``head.pt``, the PyTorch weights a later training warm-starts from.
+    Raises, leaving ``out_dir`` incomplete, if ONNX and PyTorch disagree."""
+    model.eval()
+    out_dir.mkdir(parents=True)
     text = model.text_vectors
     rows = torch.arange(text.shape[0])
     hidden = model.config.hidden
@@ -61,7 +87,7 @@ def export_head(
         torch.onnx.export(
             model.items,
             (text, rows),
-            str(tmp / "item_tower.onnx"),
+            str(out_dir / "item_tower.onnx"),
             input_names=["text_vectors", "id_rows"],
             output_names=["item_vectors"],
             dynamic_axes={"text_vectors": {0: "n"}, "id_rows": {0: "n"}, "item_vectors": {0: "n"}},
@@ -72,7 +98,7 @@ def export_head(
         torch.onnx.export(
             _SequenceUser(model).eval(),  # a fresh module starts in training mode
             (example, torch.ones(2, model.config.max_len, dtype=torch.long)),
-            str(tmp / "sequence_encoder.onnx"),
+            str(out_dir / "sequence_encoder.onnx"),
             input_names=["history_vectors", "event_types"],
             output_names=["user_vectors"],
             dynamic_axes={
@@ -84,7 +110,7 @@ def export_head(
             dynamo=False,
         )
     # Exporting restores each module's mode afterwards; be sure nothing is left training.
-    report = check_parity(model.eval(), tmp, parity_rows, parity_types)
+    report = check_parity(model.eval(), out_dir, parity_rows, parity_types)
     metadata = {
         "model_version": model_version,
         "max_len": model.config.max_len,
@@ -92,12 +118,23 @@ def export_head(
         # Items with a learned embedding; any other item is scored by its text alone.
         "id_rows": {item_ids[r - 1]: r for r in sorted(trained_rows)},
         "parity": report,
+        "provenance": provenance or {},
     }
-    (tmp / "head.json").write_text(json.dumps(metadata, indent=1))
-    shutil.copyfile(SHIM, tmp / "model.py")
-    shutil.rmtree(version_dir, ignore_errors=True)
-    tmp.rename(version_dir)
+    torch.save(checkpoint(model, item_ids, trained_rows), out_dir / CHECKPOINT)
+    shutil.copyfile(SHIM, out_dir / "model.py")
+    # head.json last: a directory with it is complete (see serving.trainer.versions).
+    (out_dir / "head.json").write_text(json.dumps(metadata, indent=1))
     return report
+
+
+def checkpoint(model: ScoringHead, item_ids: Sequence[str], trained_rows: set[int]) -> dict:
+    """The head's weights and catalog rows, as ``head.pt`` holds them."""
+    return {
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "item_ids": list(item_ids),
+        "trained_rows": sorted(trained_rows),
+    }
 
 
 def check_parity(model: ScoringHead, onnx_dir: Path, rows: np.ndarray, types: np.ndarray) -> dict:

@@ -31,13 +31,12 @@ from serving.offline.evaluate import (
     held_out_items,
     next_item_task,
 )
+from serving.offline.export_head import CHECKPOINT, checkpoint
 from serving.offline.head import HeadConfig, ScoringHead
 from serving.offline.item_vectors import item_text_vectors
 from serving.offline.train import TrainConfig, TrainResult, score_fn, train_head
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT = "head.pt"
 
 
 @dataclass(frozen=True)
@@ -104,16 +103,8 @@ def run_head(
 def save_run(result: TrainResult, metrics: dict, train: Sequences, out_dir: Path) -> None:
     """Checkpoint, metrics JSON and training-curve PNG, side by side."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = result.model
-    torch.save(
-        {
-            "config": model.config.to_dict(),
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "item_ids": list(train.item_ids),
-            "trained_rows": sorted({r for items in train.items for r in items}),
-        },
-        out_dir / CHECKPOINT,
-    )
+    trained_rows = {r for items in train.items for r in items}
+    torch.save(checkpoint(result.model, train.item_ids, trained_rows), out_dir / CHECKPOINT)
     (out_dir / "metrics.json").write_text(
         json.dumps({"test": metrics, "curve": result.curve}, indent=1)
     )
@@ -284,6 +275,7 @@ def export_run(run_dir: Path, version_dir: Path, prepared: Prepared | None = Non
         if model.config.use_text and model.config.use_ids
         else ("text" if model.config.use_text else "id")
     )
+    newest = max(r.timestamp for r in load_movielens().ratings)
     return export_head(
         model,
         tuple(checkpoint["item_ids"]),
@@ -292,6 +284,9 @@ def export_run(run_dir: Path, version_dir: Path, prepared: Prepared | None = Non
         model_version=f"head-{kind}-{digest}",
         parity_rows=rows,
         parity_types=types,
+        # Leave-one-out trains on ratings up to each user's third-last: the newest rating
+        # of the data set bounds what it learned from.
+        provenance={"source": "MovieLens-100k (streamrec train)", "trained_until_ts": newest},
     )
 
 

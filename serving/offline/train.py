@@ -11,6 +11,7 @@ import copy
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -38,6 +39,42 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     """``cuda`` where a GPU is present; results are the same up to float rounding."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a training run starts instead of from random weights: a served version's
+    weights, its id table laid out in this run's catalog rows (see :func:`grow_id_table`)."""
+
+    state_dict: dict[str, torch.Tensor]
+    had_id: np.ndarray
+    """Per catalog row (padding row 0 included): whether the item kept a learned id."""
+
+
+def grow_id_table(
+    state_dict: dict[str, torch.Tensor],
+    old_item_ids: Sequence[str],
+    old_had_id: Sequence[bool],
+    new_item_ids: Sequence[str],
+) -> WarmStart:
+    """A trained head's weights for a catalog that has changed since: each item keeps its
+    learned id in its new row; items that arrived since (and rows of items without an id)
+    start at zero, i.e. scored by text alone, as serving scored them until now. Items no
+    longer in the catalog leave the table. The table is sized to the new catalog."""
+    old_row = {item: row for row, item in enumerate(old_item_ids, start=1)}
+    state = dict(state_dict)
+    had_id = np.zeros(len(new_item_ids) + 1, dtype=bool)
+    key = "items.ids.weight"
+    if key in state:
+        old_table = state[key]
+        table = torch.zeros(len(new_item_ids) + 1, old_table.shape[1], dtype=old_table.dtype)
+        for new, item in enumerate(new_item_ids, start=1):
+            old = old_row.get(item)
+            if old is not None and old_had_id[old - 1]:
+                table[new] = old_table[old]
+                had_id[new] = True
+        state[key] = table
+    return WarmStart(state, had_id)
 
 
 @dataclass
@@ -80,21 +117,28 @@ def train_head(
     config: TrainConfig,
     train: Sequences,
     text_vectors: np.ndarray,
-    valid: Task,
+    valid: Task | None,
     progress: bool = True,
     held_out: frozenset[int] = frozenset(),
+    warm_start: WarmStart | None = None,
 ) -> TrainResult:
-    """Train on ``train``'s sequences; keep the epoch with the best ``valid`` NDCG@10.
+    """Train on ``train``'s sequences; keep the epoch with the best ``valid`` NDCG@10
+    (without ``valid``: the last epoch).
 
-    Only items that occur in ``train`` get a learned id. ``held_out`` rows are outside
-    the catalog during training altogether (not even negatives), as items that do not
-    exist yet; afterwards they are scored by text like any new item.
+    Only items that occur in ``train`` get a learned id, plus, warm-started, those that had
+    one. ``held_out`` rows are outside the catalog during training altogether (not even
+    negatives), as items that do not exist yet; afterwards they are scored by text like
+    any new item.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = ScoringHead(
-        head_config, torch.from_numpy(text_vectors), torch.from_numpy(learned_id_rows(train))
-    ).to(config.device)
+    id_rows = learned_id_rows(train)
+    if warm_start is not None:
+        id_rows = np.where(warm_start.had_id, np.arange(len(id_rows)), id_rows)
+    model = ScoringHead(head_config, torch.from_numpy(text_vectors), torch.from_numpy(id_rows))
+    if warm_start is not None:
+        model.load_state_dict(warm_start.state_dict)
+    model = model.to(config.device)
     outside = torch.tensor(sorted(held_out), dtype=torch.long, device=config.device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -117,9 +161,17 @@ def train_head(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+        point = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if valid is None:
+            point["seconds"] = time.monotonic() - started
+            result.curve.append(point)
+            if progress:
+                sys.stderr.write(f"\repoch {epoch:3d}/{config.epochs} loss {point['loss']:.4f}")
+            continue
         metrics = evaluate(score_fn(model), valid)
         result.curve.append(
-            {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.monotonic() - started}
+            point
+            | {"seconds": time.monotonic() - started}
             | {f"valid_{k}": v for k, v in metrics.items() if k != "users"}
         )
         if metrics["ndcg@10"] > best[0]:
@@ -133,6 +185,9 @@ def train_head(
             break
     if progress:
         sys.stderr.write("\n")
+    if valid is None:
+        result.best_epoch = len(result.curve)
+        return result
     model.load_state_dict(best[2])
     result.best_epoch = best[1]
     return result

@@ -28,7 +28,7 @@ chart-tools: ## helm and the offline manifest validators the Helm chart's tests 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[worker,serving,offline,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[worker,serving,offline,trainer,dev,bench]'
 	touch $@
 
 data: $(RECBOLE_WHEEL) ## MovieLens-100k (inside the recbole wheel; never installed)

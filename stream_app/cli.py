@@ -1,4 +1,5 @@
-"""``streamrec`` command line: up | worker | catalog | replay | export | demo | bench."""
+"""``streamrec`` command line: up | worker | catalog | replay | export | train | evaluate |
+trainer | model | demo | bench."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from serving.offline.commands import add_offline_commands
+from serving.trainer.commands import add_trainer_commands, model_command, trainer_command
 from stream_app.core import logs
 from stream_app.core.errors import ConfigError, StackError
 from stream_app.core.settings import Settings, load_settings
@@ -120,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the item encoder to ONNX for Triton")
     export.add_argument("--force", action="store_true", help="export even if present")
     add_offline_commands(sub)
+    add_trainer_commands(sub)
     demo = sub.add_parser("demo", help="stack + worker + short replay, prints live results")
     demo.add_argument("--events", type=int, default=3000, help="events to replay")
     demo.add_argument("--rate", type=float, default=1000.0, help="events per second")
@@ -148,6 +151,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "trainer": trainer_command,
+    "model": model_command,
     "bench": cmd_bench,
 }
 

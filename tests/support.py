@@ -41,3 +41,26 @@ def is_setting(variable: str) -> bool:
         return group in Settings.model_fields
     annotation = Settings.model_fields[group].annotation if group in Settings.model_fields else None
     return annotation is not None and field in annotation.model_fields
+
+
+def own_recommender(settings: Settings, **trainer: object) -> Settings:
+    """A recommender model of the test's own in the session's model repository (version 1,
+    zero-shot, loaded), so a trainer can add versions without touching other tests'."""
+    from serving.trainer.triton_control import load_latest
+
+    name = unique("recommender").replace("-", "_")
+    repository = Path(settings.triton.model_repository)
+    model_dir = repository / name
+    model_dir.mkdir()
+    config = (repository / "recommender" / "config.pbtxt").read_text()
+    (model_dir / "config.pbtxt").write_text(
+        config.replace('name: "recommender"', f'name: "{name}"')
+    )
+    (model_dir / "1").symlink_to((repository / "recommender" / "1").resolve())
+    load_latest(settings.triton.url, name, 1)
+    return settings.model_copy(
+        update={
+            "triton": settings.triton.model_copy(update={"recommender_model": name}),
+            "trainer": settings.trainer.model_copy(update=trainer),
+        }
+    )

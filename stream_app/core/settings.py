@@ -235,6 +235,37 @@ class PrivacySettings(_Group):
         return _secret_from_file(data, "user_id_key")
 
 
+class TrainerSettings(_Group):
+    interval_s: float = Field(3600.0, gt=0)
+    """Seconds between training cycles of ``streamrec trainer``."""
+    every_events: int = Field(0, ge=0)
+    """Also start a cycle as soon as this many new events are in the topic (0: off)."""
+    window_s: float = Field(0.0, ge=0)
+    """Train on events up to this many seconds older than the newest (0: the whole topic)."""
+    full_retrain_every: int = Field(24, ge=1)
+    """After N - 1 warm-started versions in a row, the next cycle trains from scratch (the
+    others warm-start from the live version)."""
+    warm_epochs: int = Field(3, ge=1)
+    """Epochs of a warm-started cycle."""
+    full_epochs: int = Field(60, ge=1)
+    """Most epochs of a full retrain (early stopping on the newest training events)."""
+    holdout_share: float = Field(0.1, gt=0, lt=0.5)
+    """Newest share of the window's events held back: the gate scores candidate and live
+    version on them (the time-based protocol)."""
+    gate_margin: float = Field(0.02, ge=0, le=1)
+    """A candidate is promoted unless its NDCG@10 on the held-back events is more than this
+    share below the live version's."""
+    min_events: int = Field(1000, ge=10)
+    """A cycle with fewer valid events in its window trains nothing."""
+    keep_versions: int = Field(5, ge=2)
+    """Trained versions kept in the model repository (older ones are deleted; version 1,
+    the zero-shot model, always stays)."""
+    metrics_port: int = Field(6067, ge=1, le=65535)
+    """Port of the trainer's Prometheus metrics."""
+    metrics_host: str = "127.0.0.1"
+    """Bind address of the trainer's metrics server."""
+
+
 class Settings(BaseSettings):
     """StreamRec configuration (env prefix STREAMREC_, nested with __)."""
 
@@ -252,6 +283,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     policy: PolicySettings = PolicySettings()
     privacy: PrivacySettings = PrivacySettings()
+    trainer: TrainerSettings = TrainerSettings()
     log_level: str = "INFO"
     """Level of the streamrec logger."""
 

@@ -475,6 +475,10 @@ class DevStack:
         argv = [
             str(binary),
             f"--model-repository={repository}",
+            # Load every model at start, then only when asked: the trainer publishes a
+            # new recommender version and asks (serving/trainer/triton_control.py).
+            "--model-control-mode=explicit",
+            "--load-model=*",
             f"--backend-directory={backends}",
             f"--http-address={LOOPBACK}",
             f"--http-port={settings.triton.http_port}",

@@ -14,7 +14,7 @@ from stream_app.devtools.devstack import ManagedProcess, http_ok
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
     env: dict[str, str] = {}
-    for group in ("kafka", "redis", "triton", "worker", "policy", "privacy"):
+    for group in ("kafka", "redis", "triton", "worker", "policy", "privacy", "trainer"):
         for name, value in getattr(settings, group).model_dump().items():
             if value is None:
                 continue

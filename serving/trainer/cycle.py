@@ -1,0 +1,233 @@
+"""One training cycle: events and catalog in, perhaps a new live version out.
+
+1. the dataset: valid events for known items in the window, ordered (``dataset``);
+2. the newest ``holdout_share`` of them are held back for the gate (time-based protocol);
+3. the candidate: warm-started from the live version (its id table grown to the catalog
+   as it is now) for a few epochs, or, on a full retrain, from scratch with early stopping
+   on the events just before the held-back ones;
+4. it is exported into a staging directory (ONNX, parity-checked), and the gate scores it
+   and the live version on the held-back events through what Triton would run;
+5. promoted: the staging directory becomes the next version and Triton loads it;
+   rejected: it is deleted and nothing changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from serving.offline.data import Sequences
+from serving.offline.export_head import CHECKPOINT, write_head
+from serving.offline.head import HeadConfig
+from serving.offline.train import TrainConfig, WarmStart, grow_id_table, train_head
+from serving.trainer.catalog import Catalog
+from serving.trainer.dataset import Timeline, build_dataset
+from serving.trainer.gate import run_gate, served_scores
+from serving.trainer.sources import SourcedEvent
+from serving.trainer.versions import ModelRepository, Version
+from stream_app.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PARITY_USERS = 200
+FULL_LEARNING_RATE = 3e-3
+WARM_LEARNING_RATE = 1e-3
+"""Lower than from scratch: a warm start refines weights that already rank well."""
+DEFAULT_HEAD = {"hidden": 64, "dropout": 0.2, "id_dropout": 0.5}
+"""The head ``make head`` trains (text + id, half the ids hidden per batch)."""
+
+
+@dataclass
+class CycleReport:
+    verdict: str = "skipped"  # promoted | rejected | skipped
+    reason: str = ""
+    mode: str = ""  # warm | full
+    events: int = 0
+    items: int = 0
+    users: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    live_before: int | None = None
+    version: int | None = None
+    """The version number promoted, if any."""
+    model_version: str = ""
+    gate: dict = field(default_factory=dict)
+    trained_until_ts: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def log_line(self) -> str:
+        gate = self.gate
+        scores = (
+            f" candidate_ndcg@10={gate['candidate']['ndcg@10']:.4f}"
+            f" live_ndcg@10={gate['live']['ndcg@10']:.4f} gate_events={gate['events']}"
+            if gate
+            else ""
+        )
+        skipped = sum(self.skipped.values())
+        return (
+            f"trainer cycle verdict={self.verdict} mode={self.mode or '-'} events={self.events}"
+            f" items={self.items} users={self.users} skipped_events={skipped}{scores}"
+            f" live_before={self.live_before} version={self.version}"
+            f" model_version={self.model_version or '-'}"
+            f" seconds={sum(self.seconds.values()):.1f}"
+            + (f' reason="{self.reason}"' if self.reason else "")
+        )
+
+
+Corrupt = Callable[[Sequences], Sequences]
+"""Tests only: changes the training sequences, to make a candidate the gate must stop."""
+
+
+def run_cycle(
+    settings: Settings,
+    repository: ModelRepository,
+    events: Iterable[SourcedEvent],
+    catalog: Catalog,
+    *,
+    full: bool,
+    load: Callable[[Version], float],
+    now: float | None = None,
+    progress: bool = False,
+    corrupt: Corrupt | None = None,
+) -> CycleReport:
+    """``load`` makes Triton serve a published version (returns seconds taken)."""
+    trainer = settings.trainer
+    report = CycleReport()
+    clock = time.monotonic()
+    dataset = build_dataset(
+        events,
+        frozenset(catalog.item_ids),
+        max_event_bytes=settings.worker.max_event_bytes,
+        now=time.time() if now is None else now,
+        max_future_skew_s=settings.worker.max_future_skew_s,
+        window_s=trainer.window_s,
+    )
+    report.skipped = dict(dataset.skipped)
+    report.events = len(dataset.events)
+    report.users = len({e.user_id for e in dataset.events})
+    report.items = len({e.item_id for e in dataset.events})
+    live = repository.live()
+    report.live_before = live.number
+    report.seconds["dataset"] = _lap(clock)
+    if len(dataset.events) < trainer.min_events:
+        report.reason = (
+            f"{len(dataset.events)} valid events, fewer than min_events={trainer.min_events}"
+        )
+        return report
+
+    checkpoint = torch.load(live.path / CHECKPOINT, weights_only=True) if live.is_head else None
+    report.mode = "full" if full or checkpoint is None else "warm"
+    item_ids = _row_order(catalog, checkpoint["item_ids"] if checkpoint else ())
+    ordered = catalog.in_order(item_ids)
+    text_vectors = np.vstack([np.zeros((1, ordered.vectors.shape[1]), np.float32), ordered.vectors])
+    added_ts = np.concatenate([[-np.inf], ordered.added_ts])
+    timeline = Timeline.of(dataset.events, item_ids)
+    gate_cut = timeline.cut_off(trainer.holdout_share)
+    gate_task = timeline.task(gate_cut, item_added_ts=added_ts)
+    if not len(gate_task.targets):
+        report.reason = "no held-back event of a user with a history to score"
+        return report
+
+    head_kwargs = DEFAULT_HEAD | (
+        {k: v for k, v in checkpoint["config"].items() if k != "n_items"} if checkpoint else {}
+    )
+    head_config = HeadConfig(n_items=len(item_ids), **head_kwargs)
+    warm: WarmStart | None = None
+    if report.mode == "warm":
+        assert checkpoint is not None
+        old_ids = checkpoint["item_ids"]
+        had_id = np.zeros(len(old_ids), dtype=bool)
+        had_id[np.asarray(checkpoint["trained_rows"], dtype=np.int64) - 1] = True
+        warm = grow_id_table(checkpoint["state_dict"], old_ids, had_id, item_ids)
+        train = timeline.training(before=gate_cut)
+        valid = None
+        config = TrainConfig(epochs=trainer.warm_epochs, learning_rate=WARM_LEARNING_RATE)
+    else:
+        valid_cut = timeline.cut_off(2 * trainer.holdout_share)
+        train = timeline.training(before=valid_cut)
+        valid = timeline.task(valid_cut, gate_cut, item_added_ts=added_ts)
+        config = TrainConfig(
+            epochs=trainer.full_epochs, learning_rate=FULL_LEARNING_RATE, patience=10
+        )
+        valid = valid if len(valid.targets) else None
+    if corrupt is not None:
+        train = corrupt(train)
+    trained_until = max(t for u in timeline.users.values() for t in u.times if t < gate_cut)
+    report.trained_until_ts = trained_until
+    result = train_head(head_config, config, train, text_vectors, valid, progress, warm_start=warm)
+    report.seconds["train"] = _lap(clock, report.seconds)
+
+    model = result.model.cpu().eval()
+    trained_rows = {int(r) for r in np.nonzero(model.id_rows.numpy())[0]}
+    digest = hashlib.sha256(
+        b"".join(t.numpy().tobytes() for t in model.state_dict().values())
+    ).hexdigest()[:8]
+    tag = f"head-text+id-{digest}" if model.config.use_ids else f"head-text-{digest}"
+    staged = repository.staging_dir()
+    try:
+        parity_rows, parity_types = _parity_inputs(gate_task, model.config.max_len)
+        write_head(model, item_ids, trained_rows, staged, tag, parity_rows, parity_types)
+        report.seconds["export"] = _lap(clock, report.seconds)
+        gate = run_gate(
+            served_scores(staged, item_ids, text_vectors),
+            served_scores(live.path, item_ids, text_vectors),
+            gate_task,
+            trainer.gate_margin,
+        )
+        report.gate = gate.summary()
+        report.seconds["gate"] = _lap(clock, report.seconds)
+        if not gate.passed:
+            report.verdict = "rejected"
+            report.reason = "candidate below the live version beyond the margin"
+            return report
+        provenance = {
+            "trained_until_ts": trained_until,
+            "trained_at": time.time(),
+            "mode": report.mode,
+            "warm_start_from": live.number if warm else None,
+            "events": report.events,
+            "training_users": len(train.users),
+            "items": len(item_ids),
+            "gate": report.gate,
+        }
+        published = repository.publish(staged, provenance)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    try:
+        report.seconds["load"] = load(published)
+    except Exception:
+        # Triton could not load it: take it out, so the repository stays loadable.
+        shutil.rmtree(published.path, ignore_errors=True)
+        raise
+    repository.prune(trainer.keep_versions)
+    report.verdict, report.version, report.model_version = "promoted", published.number, tag
+    return report
+
+
+def _row_order(catalog: Catalog, live_order: Iterable[str]) -> tuple[str, ...]:
+    """Catalog rows for the candidate: the live version's items in its order (so their
+    learned ids carry over), then every item that arrived since, oldest first."""
+    added = dict(zip(catalog.item_ids, catalog.added_ts))
+    kept = [item for item in live_order if item in added]
+    known = set(kept)
+    newcomers = sorted(
+        (item for item in catalog.item_ids if item not in known), key=lambda i: (added[i], i)
+    )
+    return tuple(kept + newcomers)
+
+
+def _parity_inputs(task, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    from serving.model_server.scoring import left_pad
+
+    return left_pad(task.histories[:PARITY_USERS], task.purchased[:PARITY_USERS], max_len)
+
+
+def _lap(started: float, seconds: dict[str, float] | None = None) -> float:
+    """Seconds since ``started`` not yet booked in ``seconds``."""
+    return time.monotonic() - started - sum((seconds or {}).values())

@@ -1,0 +1,153 @@
+"""``streamrec trainer``: a training cycle every interval, or sooner once enough new events
+are in the topic; one log line per cycle, training progress on the console.
+
+A cycle that fails (a server down, a version Triton refuses) is logged and counted, and
+the next one runs on schedule: the live version keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import start_http_server
+
+from serving.trainer import metrics
+from serving.trainer.catalog import read_catalog
+from serving.trainer.cycle import Corrupt, CycleReport, run_cycle
+from serving.trainer.sources import SourcedEvent, StartAt, read_file, read_topic
+from serving.trainer.triton_control import load_latest
+from serving.trainer.versions import ModelRepository, Version
+from stream_app.core.client_options import confluent_security, redis_options
+from stream_app.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+NEW_EVENTS_POLL_S = 5.0
+
+
+class Trainer:
+    def __init__(
+        self,
+        settings: Settings,
+        file: Path | None = None,
+        start: StartAt | None = None,
+        progress: bool = True,
+        corrupt: Corrupt | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(
+            Path(settings.triton.model_repository), settings.triton.recommender_model
+        )
+        self.file, self.start = file, start or StartAt()
+        self.progress, self.corrupt = progress, corrupt
+        self._redis = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+
+    def events(self) -> Iterable[SourcedEvent]:
+        if self.file is not None:
+            return read_file(self.file)
+        start = self.start
+        window = self.settings.trainer.window_s
+        if start == StartAt() and window:
+            # Kafka timestamps are produce times, near event times: start a little early
+            # and let the dataset apply the window to event times.
+            start = StartAt(time_s=time.time() - 2 * window)
+        kafka = self.settings.kafka
+        return read_topic(kafka, kafka.interactions_topic, start, progress=self.progress)
+
+    def load(self, version: Version) -> float:
+        triton = self.settings.triton
+        return load_latest(triton.url, triton.recommender_model, version.number)
+
+    def cycle(self, full: bool | None = None) -> CycleReport:
+        """One cycle: a full retrain after ``full_retrain_every - 1`` warm-started
+        versions in a row, unless told."""
+        if full is None:
+            every = self.settings.trainer.full_retrain_every
+            full = self.repository.warm_starts_in_a_row() >= every - 1
+        started = time.monotonic()
+        try:
+            catalog = read_catalog(self._redis, self.settings.redis.key_prefix)
+            report = run_cycle(
+                self.settings,
+                self.repository,
+                self.events(),
+                catalog,
+                full=full,
+                load=self.load,
+                progress=self.progress,
+                corrupt=self.corrupt,
+            )
+        except Exception:
+            metrics.record(None, time.monotonic() - started)
+            raise
+        metrics.record(report, time.monotonic() - started)
+        logger.info(report.log_line())
+        return report
+
+    def run(self, stop: threading.Event) -> None:
+        """Cycles until ``stop`` is set; metrics on the configured port."""
+        trainer = self.settings.trainer
+        start_http_server(trainer.metrics_port, trainer.metrics_host, registry=metrics.REGISTRY)
+        metrics.watch_live(self.repository.live)
+        counter = _EventCounter(self.settings) if trainer.every_events else None
+        while not stop.is_set():
+            began, baseline = time.monotonic(), counter.total() if counter else 0
+            try:
+                self.cycle()
+            except Exception:
+                logger.exception("trainer cycle failed; the live version keeps serving")
+            while not stop.wait(min(NEW_EVENTS_POLL_S, trainer.interval_s)):
+                if time.monotonic() - began >= trainer.interval_s:
+                    break
+                if counter and counter.total() - baseline >= trainer.every_events:
+                    break
+        if counter:
+            counter.close()
+
+
+class _EventCounter:
+    """Messages in the interactions topic (sum of end offsets): cheap to ask often. On
+    brokers that under-report end offsets (Tansu) it lags a little; real Kafka does not."""
+
+    def __init__(self, settings: Settings) -> None:
+        kafka = settings.kafka
+        self._topic = kafka.interactions_topic
+        self._consumer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap, "group.id": "streamrec-trainer"}
+            | confluent_security(kafka)
+        )
+
+    def total(self) -> int:
+        metadata = self._consumer.list_topics(self._topic, timeout=10).topics[self._topic]
+        return sum(
+            self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), 10)[1]
+            for p in metadata.partitions
+        )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def run_trainer(
+    settings: Settings,
+    once: bool,
+    full: bool | None = None,
+    file: Path | None = None,
+    start: StartAt | None = None,
+) -> CycleReport | None:
+    """``--once``: one cycle (a CronJob's); otherwise cycles until SIGTERM or Ctrl-C."""
+    trainer = Trainer(settings, file=file, start=start)
+    if once:
+        return trainer.cycle(full=full)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    trainer.run(stop)
+    return None

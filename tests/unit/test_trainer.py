@@ -1,0 +1,226 @@
+"""The trainer's pure parts: the dataset from raw events, the time-based protocol, the
+growing id table, the gate's rule and the model repository's versions."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serving.offline.evaluate import Task, evaluate
+from serving.offline.head import HeadConfig, ScoringHead
+from serving.offline.train import TrainConfig, grow_id_table, train_head
+from serving.trainer.commands import _time
+from serving.trainer.dataset import Timeline, build_dataset
+from serving.trainer.gate import GateResult
+from serving.trainer.sources import SourcedEvent, StartAt, read_file
+from serving.trainer.versions import ModelRepository
+
+NOW = 2_000_000_000.0
+
+
+def event(event_id, user, item, ts, kind="click") -> bytes:
+    body = {"event_id": event_id, "user_id": user, "item_id": item, "type": kind, "ts": ts}
+    return json.dumps(body).encode()
+
+
+def sourced(*raws: bytes) -> list[SourcedEvent]:
+    return [SourcedEvent(raw, (0, offset)) for offset, raw in enumerate(raws)]
+
+
+def dataset(*raws: bytes, known=("a", "b", "c", "d"), window_s=0.0):
+    return build_dataset(
+        sourced(*raws),
+        frozenset(known),
+        max_event_bytes=4096,
+        now=NOW,
+        max_future_skew_s=300,
+        window_s=window_s,
+    )
+
+
+def test_same_time_events_keep_the_order_they_were_produced_in():
+    # Same second; ids sort the other way round: the read order must win.
+    data = dataset(event("z", "u", "b", 10), event("a", "u", "a", 10), event("m", "u", "c", 5))
+    assert [e.item_id for e in data.events] == ["c", "b", "a"]
+
+
+def test_invalid_duplicate_and_unknown_events_are_skipped_and_counted():
+    data = dataset(
+        b"{not json",
+        event("1", "u", "a", 1),
+        event("1", "u", "a", 1),  # a producer's retry
+        event("2", "u", "zzz", 2),  # not in the catalog
+        event("3", "u", "b", 3, kind="like"),
+        event("4", "u", "b", NOW + 3600),  # an hour in the future
+    )
+    assert [e.event_id for e in data.events] == ["1"]
+    assert data.read == 6
+    assert dict(data.skipped) == {
+        "malformed_json": 1,
+        "duplicate": 1,
+        "unknown_item": 1,
+        "unknown_event_type": 1,
+        "timestamp_out_of_range": 1,
+    }
+
+
+def test_the_window_keeps_events_near_the_newest():
+    data = dataset(event("1", "u", "a", 100), event("2", "u", "b", 150), window_s=40)
+    assert [e.event_id for e in data.events] == ["2"] and data.outside_window == 1
+
+
+def timeline() -> Timeline:
+    data = dataset(
+        event("1", "u", "a", 1),
+        event("2", "u", "b", 2),
+        event("3", "u", "b", 2, "purchase"),
+        event("4", "v", "c", 3),
+        event("5", "u", "c", 4),
+        event("6", "v", "a", 5),
+        event("7", "u", "a", 6),  # a repeat: not a new item for u
+        event("8", "w", "d", 7),  # w has no history before it
+    )
+    return Timeline.of(data.events, ("a", "b", "c", "d"))
+
+
+def test_training_takes_only_events_before_the_cut_off_one_entry_per_item():
+    train = timeline().training(before=4)
+    assert dict(zip(train.users, train.items)) == {"u": (1, 2)}  # v has one item: left out
+    assert dict(zip(train.users, train.purchased)) == {"u": (False, True)}
+
+
+def test_the_time_protocol_predicts_each_later_new_item_from_what_came_before():
+    task = timeline().task(start=4)
+    assert task.targets.tolist() == [3, 1]  # u's c, v's a; u's repeat and w's first are out
+    assert task.histories == [(1, 2), (3,)]
+    assert task.purchased == [(False, True), (False,)]
+    assert task.event_ts.tolist() == [4.0, 5.0]
+
+
+def test_items_added_after_an_event_are_not_ranked_for_it():
+    added = np.array([-np.inf, -np.inf, -np.inf, 10.0, -np.inf])  # c arrives at t=10
+    task = Task([(1,)], [(False,)], np.array([2]), np.array([5.0]), added)
+    # c scores highest but did not exist at t=5: the target ranks first.
+    scores = lambda histories, purchased: np.array([[0.0, 0.0, 0.5, 0.9, 0.1]])  # noqa: E731
+    assert evaluate(scores, task)["recall@10"] == 1.0
+    assert evaluate(scores, Task([(1,)], [(False,)], np.array([2])))["mrr@10"] == 0.5
+
+
+def test_the_id_table_grows_with_the_catalog_and_keeps_learned_ids():
+    head = ScoringHead(HeadConfig(n_items=3, hidden=8), torch.randn(4, 384))
+    state = head.state_dict()
+    old = state["items.ids.weight"]
+    warm = grow_id_table(state, ["a", "b", "c"], [True, False, True], ["c", "a", "new"])
+    table = warm.state_dict["items.ids.weight"]
+    assert table.shape == (4, 8)
+    assert torch.equal(table[1], old[3]) and torch.equal(table[2], old[1])
+    assert not table[3].any() and not table[0].any()  # new item: no learned part yet
+    assert warm.had_id.tolist() == [False, True, True, False]
+    # b (no id) is gone from the catalog; the grown state loads into a head of the new size.
+    ScoringHead(HeadConfig(n_items=3, hidden=8), torch.randn(4, 384)).load_state_dict(
+        warm.state_dict
+    )
+
+
+def test_a_warm_start_begins_where_the_live_version_left_off():
+    train = timeline().training(before=10)
+    text = torch.randn(5, 384).numpy()
+    config = HeadConfig(n_items=4, hidden=8, layers=1)
+    first = train_head(config, TrainConfig(epochs=2), train, text, None, progress=False)
+    warm = grow_id_table(first.model.state_dict(), ("a", "b", "c", "d"), [True] * 4, list("abcd"))
+    zero = train_head(
+        config, TrainConfig(epochs=1, learning_rate=0.0), train, text, None, False, warm_start=warm
+    )
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(zero.model.state_dict()[name], value), name
+
+
+def test_the_gate_allows_the_margin_and_no_more():
+    live = {"ndcg@10": 0.10, "users": 50.0}
+    assert GateResult({"ndcg@10": 0.099, "users": 50.0}, live, margin=0.02).passed
+    assert not GateResult({"ndcg@10": 0.097, "users": 50.0}, live, margin=0.02).passed
+    assert GateResult({"ndcg@10": 0.0, "users": 50.0}, {"ndcg@10": 0.0}, margin=0.0).passed
+
+
+def version_dir(path: Path, tag: str, **provenance) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.py").write_text("")
+    metadata = {"model_version": tag, "provenance": provenance}
+    (path / "head.json").write_text(json.dumps(metadata))
+    return path
+
+
+@pytest.fixture
+def repository(tmp_path) -> ModelRepository:
+    model_dir = tmp_path / "recommender"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.py").write_text("")
+    shutil.copy("model_repository/recommender/config.pbtxt", model_dir)
+    return ModelRepository(tmp_path)
+
+
+def test_the_live_version_is_the_highest_complete_one(repository):
+    assert repository.live().model_version == "weighted-mean-v1"
+    version_dir(repository.model_dir / "2", "head-a", trained_until_ts=5.0)
+    (repository.model_dir / "3").mkdir()  # incomplete: no head.json
+    live = repository.live()
+    assert (live.number, live.model_version, live.trained_until_ts) == (2, "head-a", 5.0)
+
+
+def test_publishing_is_one_rename_and_leftover_staging_is_cleaned(repository):
+    leftover = repository.staging_dir()
+    leftover.mkdir()  # as a trainer killed mid-export leaves it
+    staged = repository.staging_dir()
+    assert not leftover.exists()
+    version_dir(staged, "head-b")
+    published = repository.publish(staged, {"trained_until_ts": 9.0})
+    assert published.number == 2 and not staged.exists()
+    assert repository.live().provenance == {"trained_until_ts": 9.0}
+
+
+def test_promote_and_rollback_add_versions_and_never_rewrite_one(repository):
+    for tag in ("head-b", "head-c"):
+        repository.publish(version_dir(repository.staging_dir(), tag))
+    rolled = repository.rollback()  # live was 3 (head-c): 2 again, as version 4
+    assert (rolled.number, rolled.model_version) == (4, "head-b")
+    assert rolled.provenance["promoted_from"] == 2
+    promoted = repository.promote(3)
+    assert (promoted.number, promoted.model_version) == (5, "head-c")
+    assert [v.model_version for v in repository.versions()] == [
+        "weighted-mean-v1",
+        "head-b",
+        "head-c",
+        "head-b",
+        "head-c",
+    ]
+    with pytest.raises(ValueError, match="zero-shot"):
+        repository.promote(1)
+
+
+def test_pruning_keeps_version_1_and_the_newest(repository):
+    for tag in "bcde":
+        repository.publish(version_dir(repository.staging_dir(), f"head-{tag}"))
+    assert repository.prune(keep=2) == [2, 3]
+    assert [v.number for v in repository.versions()] == [1, 4, 5]
+
+
+def test_file_source_and_start_options(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(event("1", "u", "a", 1) + b"\n\n" + event("2", "u", "b", 2) + b"\r\n")
+    assert [e.position for e in read_file(path)] == [(0, 1), (0, 3)]
+    assert [json.loads(e.raw)["event_id"] for e in read_file(path)] == ["1", "2"]
+    assert StartAt.parse_offsets("0:120, 1:98").offsets == {0: 120, 1: 98}
+    with pytest.raises(ValueError, match="partition:offset"):
+        StartAt.parse_offsets("0-120")
+    assert _time("2026-12-01T00:00:00Z") == _time("1796083200")
+
+
+def test_full_retrains_follow_the_repository_not_a_process_counter(repository):
+    for mode in ("full", "warm", "warm"):
+        repository.publish(version_dir(repository.staging_dir(), f"head-{mode}", mode=mode))
+    assert repository.warm_starts_in_a_row() == 2
+    repository.publish(version_dir(repository.staging_dir(), "head-f", mode="full"))
+    assert repository.warm_starts_in_a_row() == 0

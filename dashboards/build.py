@@ -17,6 +17,10 @@ GPU_ONLY = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_tot
 """Triton exports these only on GPU nodes; the CPU stack the tests run cannot show them."""
 
 
+class Row(str):
+    """A row header in a dashboard's panel list: the panels after it are its own."""
+
+
 def quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
     """p50, p95 and p99 of a histogram (per ``by`` label when given)."""
     group = f"le{', ' + by if by else ''}"
@@ -28,7 +32,88 @@ def quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
     ]
 
 
-# (dashboard uid, title, description, [(panel title, unit, [(expr, legend)], description)])
+# Trainer metrics change once per cycle (hourly by default): windows of hours, not a
+# rate interval, and the last cycle's values as they are. Only the long-running trainer
+# serves them (a CronJob's `--once` cycle does not).
+TRAINING = [
+    Row("Training"),
+    (
+        "Model age (newest event the served version learned from)",
+        "s",
+        [("max(streamrec_model_age_seconds)", "age")],
+        "Alert StreamRecModelStale above 6 h.",
+    ),
+    (
+        "Live recommender version",
+        "none",
+        [("max(streamrec_trainer_live_version)", "version")],
+        "The repository's highest, which Triton serves (read at each scrape).",
+    ),
+    (
+        "Gate NDCG@10 on the held-back slice, candidate vs live",
+        "none",
+        [("max by (model) (streamrec_trainer_gate_ndcg)", "{{model}}")],
+        "Of the last gate: a candidate is promoted unless it scores more than"
+        " STREAMREC_TRAINER__GATE_MARGIN (a share) below the live version.",
+    ),
+    (
+        "Gate failures in a row",
+        "short",
+        [("max(streamrec_trainer_gate_failures_in_a_row)", "rejected in a row")],
+        "Back to 0 at a promotion. Alert StreamRecTrainerGateFailing at 3.",
+    ),
+    (
+        "Training cycles per hour, by verdict",
+        "short",
+        [
+            (
+                "sum by (verdict) (increase(streamrec_trainer_cycles_total[1h]))",
+                "{{verdict}}",
+            )
+        ],
+        "promoted, rejected by the gate, skipped (too few valid events) or failed.",
+    ),
+    (
+        "Cycle duration",
+        "s",
+        [
+            (
+                "sum(rate(streamrec_trainer_cycle_duration_seconds_sum[3h]))"
+                " / sum(rate(streamrec_trainer_cycle_duration_seconds_count[3h]))",
+                "mean, last 3 h",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le)"
+                " (rate(streamrec_trainer_cycle_duration_seconds_bucket[24h])))",
+                "p95, last 24 h",
+            ),
+        ],
+        "Wall time of a cycle: read the topic, train, gate, promote.",
+    ),
+    (
+        "Events and items in the last cycle's dataset",
+        "short",
+        [
+            ("max(streamrec_trainer_cycle_events)", "events"),
+            ("max(streamrec_trainer_cycle_items)", "items"),
+        ],
+        "Up to STREAMREC_TRAINER__WINDOW_S of the interactions topic (0: all of it).",
+    ),
+    (
+        "Events the trainer skipped per hour, by reason",
+        "short",
+        [
+            (
+                "sum by (reason) (increase(streamrec_trainer_skipped_events_total[1h]))",
+                "{{reason}}",
+            )
+        ],
+        "Invalid events (the DLQ reasons), unknown items and duplicates: left out of training.",
+    ),
+]
+
+# (dashboard uid, title, description, [Row(title) or (panel title, unit, [(expr, legend)],
+# description)])
 DASHBOARDS = [
     (
         "streamrec-overview",
@@ -250,7 +335,8 @@ DASHBOARDS = [
     (
         "streamrec-quality",
         "StreamRec / online quality",
-        "Do people act on what they are shown? Hit rate, coverage, catalog freshness.",
+        "Do people act on what they are shown? Hit rate, coverage, catalog freshness, and the"
+        " continuous training behind the model.",
         [
             (
                 "Hit rate (interactions with an item of the last list)",
@@ -299,19 +385,20 @@ DASHBOARDS = [
                 quantiles("streamrec_catalog_freshness_seconds"),
                 "Measured by each Triton recommender instance.",
             ),
+            *TRAINING,
         ],
     ),
 ]
 
 
-def panel(index: int, title: str, unit: str, targets, description: str) -> dict:
+def panel(index: int, position: dict, title: str, unit: str, targets, description: str) -> dict:
     return {
         "id": index + 1,
         "type": "timeseries",
         "title": title,
         "description": description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+        "gridPos": position,
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
         "targets": [
@@ -324,6 +411,32 @@ def panel(index: int, title: str, unit: str, targets, description: str) -> dict:
             for n, (expr, legend) in enumerate(targets)
         ],
     }
+
+
+def row(index: int, title: str, y: int) -> dict:
+    return {
+        "id": index + 1,
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+        "panels": [],
+    }
+
+
+def layout(specs) -> list[dict]:
+    """Panels two a line, 8 high; a row header starts a new line of its own."""
+    panels, y, column = [], 0, 0
+    for spec in specs:
+        if isinstance(spec, Row):
+            y += 8 if column else 0
+            panels.append(row(len(panels), spec, y))
+            y, column = y + 1, 0
+            continue
+        position = {"h": 8, "w": 12, "x": 12 * column, "y": y}
+        panels.append(panel(len(panels), position, *spec))
+        y, column = (y + 8, 0) if column else (y, 1)
+    return panels
 
 
 def dashboard(uid: str, title: str, description: str, panels) -> dict:
@@ -349,7 +462,7 @@ def dashboard(uid: str, title: str, description: str, panels) -> dict:
                 }
             ]
         },
-        "panels": [panel(i, *spec) for i, spec in enumerate(panels)],
+        "panels": layout(panels),
     }
 
 

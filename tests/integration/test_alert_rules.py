@@ -1,5 +1,5 @@
 """Alerting rules: valid for promtool, unit-tested by promtool, and naming only metrics
-that the code (worker and Triton model) really exports."""
+that the code (worker, trainer and Triton model) really exports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_app.worker.metrics import REGISTRY
+from serving.trainer.metrics import REGISTRY as TRAINER_REGISTRY
+from stream_app.worker.metrics import REGISTRY as WORKER_REGISTRY
 from tests.integration.promql import metric_names
 
 pytestmark = pytest.mark.integration
@@ -34,9 +35,9 @@ def test_rules_pass_promtool_check_and_their_unit_tests():
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-def exported_by_worker() -> set[str]:
+def exported_by(registry) -> set[str]:
     names = set()
-    for family in REGISTRY.collect():
+    for family in registry.collect():
         names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
     return names
 
@@ -50,6 +51,7 @@ def test_every_metric_the_rules_use_is_exported(stack_settings, catalog):
     url = f"http://127.0.0.1:{stack_settings.triton.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         triton = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", response.read().decode(), re.M))
-    exported = exported_by_worker() | triton | {"up"}  # `up`: Prometheus' own, per target
-    assert used - exported == set()
-    assert "streamrec_stream_consumer_lag_messages" in used  # the parser found names at all
+    exported = exported_by(WORKER_REGISTRY) | exported_by(TRAINER_REGISTRY) | triton
+    assert used - (exported | {"up"}) == set()  # `up`: Prometheus' own, per target
+    # The parser found names at all, the trainer's among them.
+    assert {"streamrec_stream_consumer_lag_messages", "streamrec_model_age_seconds"} <= used

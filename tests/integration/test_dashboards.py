@@ -1,9 +1,9 @@
 """Every dashboard query, evaluated by a real Prometheus scraping the real stack.
 
 A worker on topics of its own gets real traffic (interactions, a malformed event, an item
-upsert, a click on a recommended item); Prometheus (Debian's binary) scrapes it and
-Triton every second; then each panel's PromQL goes through Prometheus' HTTP API. A
-query that errors, or names a metric nobody exports, fails.
+upsert, a click on a recommended item); Prometheus (Debian's binary) scrapes it, Triton
+and the trainer's metrics every second; then each panel's PromQL goes through Prometheus'
+HTTP API. A query that errors, or names a metric nobody exports, fails.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import start_http_server
 
+from serving.trainer import metrics as trainer_metrics
+from serving.trainer.cycle import CycleReport
+from serving.trainer.versions import Version
 from stream_app.devtools.devstack import ManagedProcess, free_port, http_ok
 from stream_app.devtools.kafka_io import ensure_topics
 from stream_app.devtools.probes import recommendations_after
@@ -43,7 +47,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
     queries = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
-            queries += [(path.name, panel["title"], t["expr"]) for t in panel["targets"]]
+            queries += [(path.name, panel["title"], t["expr"]) for t in panel.get("targets", [])]
     return queries
 
 
@@ -63,8 +67,27 @@ def test_dashboards_are_provisioning_ready():
         (variable,) = board["templating"]["list"]
         assert (variable["name"], variable["type"]) == ("datasource", "datasource")
         for panel in board["panels"]:
+            if panel["type"] == "row":  # a header: no query
+                assert "targets" not in panel
+                continue
             assert panel["datasource"]["uid"] == "${datasource}"
             assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+
+
+def serve_trainer_metrics(port: int, repository: Path):
+    """The trainer's own metrics (serving/trainer/metrics.py) after a promoted and a rejected
+    cycle, served as `streamrec trainer` serves them. The cycles are reports, not runs: a
+    real one trains for minutes and would load a version into the session's Triton."""
+    live = Version(2, repository, "head-dash", {"trained_until_ts": time.time() - 600})
+    trainer_metrics.watch_live(lambda: live)
+    gate = {"candidate": {"ndcg@10": 0.31}, "live": {"ndcg@10": 0.29}, "events": 40}
+    for verdict, seconds in (("promoted", 95.0), ("rejected", 30.0)):
+        report = CycleReport(
+            verdict, mode="warm", events=400, items=300, skipped={"malformed_json": 1}, gate=gate
+        )
+        trainer_metrics.record(report, seconds)
+    server, _ = start_http_server(port, "127.0.0.1", registry=trainer_metrics.REGISTRY)
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +98,7 @@ def prometheus(stack_settings, catalog, movielens):
     workdir = VAR / name
     workdir.mkdir(parents=True)
     port = free_port()
+    trainer_port = free_port()
     (workdir / "prometheus.yml").write_text(
         json.dumps(  # JSON is YAML
             {
@@ -89,6 +113,10 @@ def prometheus(stack_settings, catalog, movielens):
                         "static_configs": [
                             {"targets": [f"127.0.0.1:{settings.triton.metrics_port}"]}
                         ],
+                    },
+                    {
+                        "job_name": "streamrec-trainer",
+                        "static_configs": [{"targets": [f"127.0.0.1:{trainer_port}"]}],
                     },
                 ],
             }
@@ -106,6 +134,7 @@ def prometheus(stack_settings, catalog, movielens):
         workdir / "prometheus.log",
         probe=lambda: http_ok(f"{base}/-/ready"),
     )
+    trainer = serve_trainer_metrics(trainer_port, workdir / "recommender")
     with WorkerProcess(settings, workdir / "worker.log"):
         server.start()
         server.wait_ready(30)
@@ -128,6 +157,7 @@ def prometheus(stack_settings, catalog, movielens):
         time.sleep(3)
         yield base
         server.stop()
+    trainer.shutdown()
 
 
 def query(base: str, expr: str) -> list:
@@ -139,7 +169,8 @@ def query(base: str, expr: str) -> list:
 
 
 def test_every_panel_query_runs_and_names_only_exported_metrics(prometheus):
-    gpu_only = load_builder().GPU_ONLY
+    builder = load_builder()
+    gpu_only = builder.GPU_ONLY
     with urllib.request.urlopen(f"{prometheus}/api/v1/label/__name__/values", timeout=10) as r:
         known = set(json.loads(r.read())["data"])
     missing, empty = [], []
@@ -155,3 +186,5 @@ def test_every_panel_query_runs_and_names_only_exported_metrics(prometheus):
     # most must show data after this traffic.
     print(f"{len(panel_queries()) - len(empty)} of {len(panel_queries())} queries returned data")
     assert len(empty) <= len(panel_queries()) // 4, empty
+    training = {spec[0] for spec in builder.TRAINING if not isinstance(spec, builder.Row)}
+    assert not [e for e in empty if e[1] in training], "the trainer's metrics were scraped"

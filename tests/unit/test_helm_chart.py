@@ -5,7 +5,7 @@ strict: unknown fields fail) or, for KEDA, prometheus-operator and Strimzi resou
 against validators generated from their CRDs (deploy/helm/validate, Node.js); a kind
 neither knows fails. Then the manifests are checked against the code: the settings they
 set load into Settings, and probes, ports, the consumer group, topics, scrape jobs and
-alert rules are the ones the worker and deploy/prometheus/alerts.yml use.
+alert rules are the ones the worker, the trainer and deploy/prometheus/alerts.yml use.
 No cluster runs here: scheduling, GPUs, KEDA and the operators' behaviour are not tested.
 """
 
@@ -37,6 +37,8 @@ RUNBOOK_LINKS = [  # relative to the repository, as the alerts file has them
     for r in g["rules"]
 ]
 DOCKERFILE = (ROOT / "deploy/docker/Dockerfile").read_text()
+TRAINER_DOCKERFILE = (ROOT / "deploy/docker/Dockerfile.trainer").read_text()
+TRITON_DOCKERFILE = (ROOT / "deploy/docker/Dockerfile.triton").read_text()
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate bundles.
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
 CRD_GROUPS = {"keda.sh", "monitoring.coreos.com", "kafka.strimzi.io"}
@@ -64,13 +66,44 @@ OPTIONS = {  # the branches the other scenarios leave out
     "strimzi.enabled": "true",
     "strimzi.apiVersion": "kafka.strimzi.io/v1",
 }
+TRAINER = {  # continuous training in production: one Triton, a claim the chart makes
+    "trainer.enabled": "true",
+    "triton.replicas": "1",
+    "triton.modelRepository.source": "shared",
+    "triton.modelRepository.pvc.storageClassName": "shared-files",
+}
+TRAINER_CRONJOB = {  # its other branches: a CronJob, a claim of yours, at a subPath
+    "trainer.enabled": "true",
+    "trainer.mode": "cronjob",
+    "triton.modelRepository.source": "shared",
+    "triton.modelRepository.pvc.claimName": "models",
+    "triton.modelRepository.pvc.subPath": "streamrec",
+    "metrics.serviceMonitor.enabled": "true",
+}
+PRODUCTION = ("-f", str(CHART / "values-production.yaml"))
+
+
+def settings_flag(values: dict[str, str]) -> tuple[str, str]:
+    return "--set", ",".join(f"{k}={v}" for k, v in values.items())
+
+
 SCENARIOS = {
     "default": (),
-    "production": ("-f", str(CHART / "values-production.yaml")),
+    "production": PRODUCTION,
     "hpa": ("--set", "autoscaling.mode=hpa"),
-    "options": ("--set", ",".join(f"{k}={v}" for k, v in OPTIONS.items())),
+    "options": settings_flag(OPTIONS),
+    "trainer": (*PRODUCTION, *settings_flag(TRAINER)),
+    "trainer-cronjob": settings_flag(TRAINER_CRONJOB),
 }
-MODES = {"default": "none", "production": "keda", "hpa": "hpa", "options": "keda"}
+MODES = {
+    "default": "none",
+    "production": "keda",
+    "hpa": "hpa",
+    "options": "keda",
+    "trainer": "keda",
+    "trainer-cronjob": "none",
+}
+TRAINER_KINDS = {"trainer": "Deployment", "trainer-cronjob": "CronJob"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -152,8 +185,30 @@ def one(docs, kind: str, suffix: str = "") -> dict:
     return found
 
 
-def container(deployment: dict) -> dict:
-    (found,) = deployment["spec"]["template"]["spec"]["containers"]
+def workloads(docs) -> list[dict]:
+    return of_kind(docs, "Deployment") + of_kind(docs, "CronJob")
+
+
+def pod_template(workload: dict) -> dict:
+    """The pod template of a Deployment or a CronJob."""
+    spec = workload["spec"]
+    return spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
+
+
+def container(workload: dict) -> dict:
+    (found,) = pod_template(workload)["spec"]["containers"]
+    return found
+
+
+def claim_mounts(workload: dict, spec: dict) -> dict[str, tuple[str, str, bool]]:
+    """Mount path of each PersistentVolumeClaim in a container -> (claim, subPath, read-only)."""
+    volumes = {v["name"]: v for v in pod_template(workload)["spec"].get("volumes", [])}
+    found = {}
+    for mount in spec.get("volumeMounts", []):
+        claim = volumes[mount["name"]].get("persistentVolumeClaim")
+        if claim:
+            read_only = mount.get("readOnly", False) or claim.get("readOnly", False)
+            found[mount["mountPath"]] = (claim["claimName"], mount.get("subPath", ""), read_only)
     return found
 
 
@@ -170,7 +225,7 @@ def environment(docs, deployment: dict) -> dict[str, str]:
 
 def mounted_files(deployment: dict) -> dict[str, dict]:
     """Path of each file mounted from a Secret -> its {name, key}."""
-    spec = deployment["spec"]["template"]["spec"]
+    spec = pod_template(deployment)["spec"]
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     files = {}
     for mount in container(deployment).get("volumeMounts", []):
@@ -229,7 +284,7 @@ def test_the_chart_sets_only_real_settings_and_secrets_only_as_files(scenario):
     for configmap in of_kind(docs, "ConfigMap"):
         unknown = [v for v in configmap["data"] if not is_setting(v)]
         assert unknown == [], f"{name(configmap)} sets no such setting: {unknown}"
-    for deployment in of_kind(docs, "Deployment"):
+    for deployment in workloads(docs):
         env = environment(docs, deployment)
         assert all(map(is_setting, env)), sorted(env)
         assert not SECRET_SETTINGS & set(env), "secrets go in files, not in the environment"
@@ -345,7 +400,7 @@ def test_keda_measures_the_lag_of_the_workers_group(scenario, tmp_path, monkeypa
             assert env[username["key"]] == kafka.sasl_username
 
 
-@pytest.mark.parametrize("scenario", ["production", "options"])
+@pytest.mark.parametrize("scenario", ["production", "options", *TRAINER_KINDS])
 def test_service_monitors_scrape_the_jobs_the_alerts_name(scenario):
     docs = render(scenario)
     services = of_kind(docs, "Service")
@@ -360,22 +415,28 @@ def test_service_monitors_scrape_the_jobs_the_alerts_name(scenario):
         # Unready pods are scraped too: up{job=...} == 0 must be seen, not go missing.
         assert service["spec"]["publishNotReadyAddresses"] is True
         (pods,) = [
-            d
-            for d in of_kind(docs, "Deployment")
-            if d["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+            w
+            for w in workloads(docs)
+            if service["spec"]["selector"].items() <= pod_template(w)["metadata"]["labels"].items()
         ]
         ports = container(pods)["ports"]
         (container_port,) = [p["containerPort"] for p in ports if p["name"] == port["targetPort"]]
         jobs[job] = container_port
     code = Settings()
-    assert jobs == {
+    expected = {
         "streamrec-worker": code.worker.web_port,
         "streamrec-triton": code.triton.metrics_port,
     }
-    assert set(re.findall(r'job="([^"]+)"', ALERTS.read_text())) == set(jobs)
+    if scenario == "trainer":  # not a CronJob's: a `--once` cycle serves no metrics
+        expected["streamrec-trainer"] = code.trainer.metrics_port
+    assert jobs == expected
+    # The alerts name every job there can be; here, those the release runs.
+    alerting = set(re.findall(r'job="([^"]+)"', ALERTS.read_text()))
+    assert set(jobs) <= alerting
+    assert (set(jobs) == alerting) == (scenario == "trainer")
 
 
-@pytest.mark.parametrize("scenario", ["production", "options"])
+@pytest.mark.parametrize("scenario", ["production", "options", "trainer"])
 def test_the_prometheus_rule_is_the_tested_alerts_file(scenario):
     groups = one(render(scenario), "PrometheusRule")["spec"]["groups"]
     base = yaml.safe_load((CHART / "values-production.yaml").read_text())["metrics"][
@@ -383,7 +444,7 @@ def test_the_prometheus_rule_is_the_tested_alerts_file(scenario):
     ]["runbookBaseUrl"]
     links = [r["annotations"]["runbook_url"] for g in groups for r in g["rules"]]
     assert links and all(link.startswith("docs/runbook.md#") for link in RUNBOOK_LINKS)
-    if scenario == "production":  # runbookBaseUrl set: the same links, made absolute
+    if scenario != "options":  # runbookBaseUrl set: the same links, made absolute
         assert links == [base + link for link in RUNBOOK_LINKS]
         for group in groups:
             for rule in group["rules"]:
@@ -405,6 +466,8 @@ def test_triton_runs_on_gpu_nodes_with_its_models():
     assert spec["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert spec["args"][0] == "tritonserver" and "command" not in spec  # the image's entrypoint
     assert "--model-repository=/models" in spec["args"]  # baked into the image
+    # Everything loads at start; new versions when the trainer asks (repository API).
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(spec["args"])
     # It reads the catalog from Redis with the worker's settings, and nothing else.
     env = environment(docs, triton)
     assert env and all(v.startswith("STREAMREC_REDIS__") for v in env)
@@ -423,6 +486,93 @@ def test_triton_models_from_a_volume_and_a_chart_made_secret():
     mounted = mounted_files(one(docs, "Deployment", "-worker"))
     keys = {ref["key"] for ref in mounted.values() if ref["name"] == secret["metadata"]["name"]}
     assert keys == set(secret["data"]) == {"redis.password", "privacy.user_id_key"}
+
+
+@pytest.mark.parametrize("scenario", TRAINER_KINDS)
+def test_the_trainer_pod_matches_the_code(scenario, tmp_path, monkeypatch):
+    docs = render(scenario)
+    trainer = one(docs, TRAINER_KINDS[scenario], "-trainer")
+    settings = settings_in_pod(docs, trainer, tmp_path, monkeypatch)
+    pod = pod_template(trainer)["spec"]
+    spec = container(trainer)
+
+    # Never two trainers: one pod replaced by stopping it first, or one Job at a time.
+    if trainer["kind"] == "Deployment":
+        assert trainer["spec"]["replicas"] == 1
+        assert trainer["spec"]["strategy"] == {"type": "Recreate"}
+        assert "args" not in spec
+    else:
+        assert trainer["spec"]["concurrencyPolicy"] == "Forbid"
+        assert trainer["spec"]["schedule"] == "0 * * * *"
+        assert spec["args"] == ["--once"] and pod["restartPolicy"] == "Never"
+
+    # The image: its ENTRYPOINT runs, as its user, on a read-only root; metrics reachable
+    # (the long-running trainer's: a `--once` cycle serves none).
+    assert "command" not in spec and 'ENTRYPOINT ["streamrec", "trainer"]' in TRAINER_DOCKERFILE
+    assert f"EXPOSE {settings.trainer.metrics_port}" in TRAINER_DOCKERFILE
+    assert settings.trainer.metrics_host == "0.0.0.0"
+    ports = [p["containerPort"] for p in spec.get("ports", [])]
+    assert ports == ([settings.trainer.metrics_port] if trainer["kind"] == "Deployment" else [])
+    assert f"USER {pod['securityContext']['runAsUser']}" in TRAINER_DOCKERFILE
+    worker = one(docs, "Deployment", "-worker")
+    assert spec["securityContext"] == container(worker)["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert spec["resources"]["requests"] and spec["resources"]["limits"]
+
+    # Kafka, Redis and the rest as the worker reads them, with the same secret files.
+    assert environment(docs, worker).items() <= environment(docs, trainer).items()
+    assert mounted_files(trainer) == mounted_files(worker)
+
+    # It writes the model repository where its setting says: the claim, at the subPath,
+    # that Triton serves (read-only there), both pods in the same group.
+    triton = one(docs, "Deployment", "-triton")
+    (claim, sub_path, read_only) = claim_mounts(trainer, spec)[settings.triton.model_repository]
+    assert not read_only
+    (path,) = [a.split("=")[1] for a in container(triton)["args"] if "--model-repository=" in a]
+    assert claim_mounts(triton, container(triton))[path] == (claim, sub_path, True)
+    groups = {pod_template(w)["spec"]["securityContext"]["fsGroup"] for w in (trainer, triton)}
+    assert len(groups) == 1
+
+
+@pytest.mark.parametrize("scenario", TRAINER_KINDS)
+def test_a_shared_model_repository_is_seeded_from_the_image(scenario, tmp_path):
+    docs = render(scenario)
+    triton = one(docs, "Deployment", "-triton")
+    (seed,) = pod_template(triton)["spec"]["initContainers"]
+    assert seed["image"] == container(triton)["image"]
+    ((claim, sub_path, read_only),) = claim_mounts(triton, seed).values()
+    ((served, served_sub_path, _),) = claim_mounts(triton, container(triton)).values()
+    assert (claim, sub_path, read_only) == (served, served_sub_path, False)
+    claims = of_kind(docs, "PersistentVolumeClaim")
+    if scenario == "trainer":  # made by the chart, and kept: it holds the trained versions
+        (made,) = claims
+        assert made["metadata"]["name"] == claim
+        assert made["spec"]["accessModes"] == ["ReadWriteMany"]
+        storage_class = TRAINER["triton.modelRepository.pvc.storageClassName"]
+        assert made["spec"]["storageClassName"] == storage_class
+        assert made["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    else:
+        assert claims == [] and claim == TRAINER_CRONJOB["triton.modelRepository.pvc.claimName"]
+
+    # The script itself, on directories standing in for the image's /models and the volume:
+    # it copies what the volume lacks, group-writable, and keeps what is there.
+    assert "COPY model_repository /models" in TRITON_DOCKERFILE
+    image, volume = tmp_path / "image", tmp_path / "volume"
+    for model in ("recommender", "item_embedder"):
+        (image / model / "1").mkdir(parents=True)
+        (image / model / "config.pbtxt").write_text(f"name: {model}\n")
+    (volume / "recommender" / "7").mkdir(parents=True)
+    (volume / "recommender" / "config.pbtxt").write_text("trained\n")
+    script = seed["command"][-1].replace("/models", str(image)).replace("/repository", str(volume))
+    done = subprocess.run(
+        [*seed["command"][:-1], script], capture_output=True, text=True, timeout=30,
+        env={"PATH": os.environ["PATH"], "HOSTNAME": "triton-0"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["seeded", "item_embedder"]
+    assert sorted(p.name for p in volume.iterdir()) == ["item_embedder", "recommender"]
+    assert (volume / "recommender" / "config.pbtxt").read_text() == "trained\n"
+    assert (volume / "item_embedder" / "1").stat().st_mode & 0o020  # the trainer's group
 
 
 @pytest.mark.parametrize("scenario", ["production", "options"])
@@ -447,6 +597,22 @@ def test_strimzi_topics_are_the_workers_topics(scenario, tmp_path, monkeypatch):
         ("config.kafka.security_protocol=SASL_SSL,autoscaling.mode=keda", "sasl_username"),
         ("secrets.redis.password.existingSecret=redis", "secrets.redis.password.key"),
         ("triton.modelRepository.source=pvc", "triton.modelRepository.pvc.claimName"),
+        ("trainer.mode=daily", "value must be one of 'deployment', 'cronjob'"),
+        ("trainer.enabled=true", "trainer.enabled needs triton.modelRepository.source=shared"),
+        (
+            "trainer.enabled=true,triton.modelRepository.source=pvc,"
+            "triton.modelRepository.pvc.claimName=models",
+            "triton.modelRepository.source=shared, not pvc",
+        ),
+        (
+            "trainer.enabled=true,triton.modelRepository.source=shared,triton.replicas=2",
+            "trainer.enabled with triton.replicas=2",
+        ),
+        (
+            "trainer.enabled=true,triton.modelRepository.source=shared,triton.enabled=false",
+            "triton.modelRepository.pvc.claimName",
+        ),
+        ("config.trainer.metrics_host=0.0.0.0", "/config/trainer/metrics_host"),
     ],
 )
 def test_bad_values_fail_at_render_time_naming_the_value(values, message):

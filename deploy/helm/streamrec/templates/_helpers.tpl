@@ -49,13 +49,14 @@ Settings the chart decides, then the user's `config` on top (the bind address an
 stay the chart's: the pod must be reachable and only the emptyDir is writable).
 */}}
 {{- define "streamrec.config" -}}
-{{- $chart := dict "worker" (dict) "triton" (dict) }}
+{{- $chart := dict "worker" (dict) "triton" (dict) "trainer" (dict) }}
 {{- if .Values.triton.enabled }}
 {{- $_ := set $chart.triton "url" (printf "%s-triton:%v" (include "streamrec.fullname" .) .Values.triton.ports.grpc) }}
 {{- end }}
 {{- $config := mergeOverwrite $chart (deepCopy .Values.config) }}
 {{- $_ := set $config.worker "web_host" "0.0.0.0" }}
 {{- $_ := set $config.worker "data_dir" "/tmp/streamrec" }}
+{{- $_ := set $config.trainer "metrics_host" "0.0.0.0" }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -93,16 +94,18 @@ from `files` (env STREAMREC_<GROUP>__<FIELD>).
 
 {{/*
 The environment of one component as a map, for its ConfigMap:
-include "streamrec.env" (dict "root" $ "groups" (list "redis")); no groups: every setting.
-Numbers go through toJson so 2592000 stays 2592000, not 2.592e+06.
+include "streamrec.env" (dict "root" $ "groups" (list "redis")); no groups: every setting,
+but those of the groups in `without`. Numbers go through toJson so 2592000 stays 2592000,
+not 2.592e+06.
 */}}
 {{- define "streamrec.env" -}}
 {{- $root := .root }}
 {{- $groups := .groups | default list }}
+{{- $without := .without | default list }}
 {{- $env := dict }}
 {{- range $group, $fields := include "streamrec.config" $root | fromYaml }}
 {{- if kindIs "map" $fields }}
-{{- if or (not $groups) (has $group $groups) }}
+{{- if and (or (not $groups) (has $group $groups)) (not (has $group $without)) }}
 {{- range $field, $value := $fields }}
 {{- if not (kindIs "invalid" $value) }}
 {{- $_ := set $env (printf "STREAMREC_%s__%s" (upper $group) (upper $field)) (ternary $value (toJson $value) (kindIs "string" $value)) }}
@@ -149,4 +152,42 @@ include "streamrec.secretsVolume" (dict "root" $ "groups" (list "redis"))
 
 {{- define "streamrec.image" -}}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* The claim holding the model repository (triton.modelRepository source pvc or shared). */}}
+{{- define "streamrec.modelsClaim" -}}
+{{- $repository := .Values.triton.modelRepository }}
+{{- if eq $repository.source "shared" }}
+{{- $repository.pvc.claimName | default (printf "%s-models" (include "streamrec.fullname" .)) }}
+{{- else }}
+{{- required "triton.modelRepository.pvc.claimName: the claim holding the model repository" $repository.pvc.claimName }}
+{{- end }}
+{{- end }}
+
+{{/*
+The model repository's volume for a pod, or nothing (source image). A pvc source is
+read-only; a shared one is writable where a container mounts it so (streamrec.modelsMount).
+*/}}
+{{- define "streamrec.modelsVolume" -}}
+{{- $source := .Values.triton.modelRepository.source }}
+{{- if has $source (list "pvc" "shared") -}}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "streamrec.modelsClaim" . }}
+    {{- if eq $source "pvc" }}
+    readOnly: true
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A container's mount of that volume, at the repository's path (or `mountPath`):
+include "streamrec.modelsMount" (dict "root" $ "readOnly" true)
+*/}}
+{{- define "streamrec.modelsMount" -}}
+{{- $repository := .root.Values.triton.modelRepository -}}
+- name: models
+  mountPath: {{ .mountPath | default $repository.path }}
+  subPath: {{ $repository.pvc.subPath | quote }}
+  readOnly: {{ .readOnly }}
 {{- end }}

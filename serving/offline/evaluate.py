@@ -62,6 +62,8 @@ class Task:
     items added to the catalog after an event are not ranked for it."""
     item_added_ts: np.ndarray | None = None
     """Per catalog row (padding row 0 included): when the item entered the catalog."""
+    users: tuple[str, ...] = ()
+    """Whose event each target is, where the task knows."""
 
     def unavailable(self, start: int, end: int) -> np.ndarray | None:
         if self.event_ts is None or self.item_added_ts is None:

@@ -61,7 +61,11 @@ def model_command(settings: Settings, args: argparse.Namespace) -> None:
     version = (
         repository.promote(args.version) if args.action == "promote" else repository.rollback()
     )
-    seconds = load_latest(triton.url, triton.recommender_model, version.number)
+    try:
+        seconds = load_latest(triton.url, triton.recommender_model, version.number)
+    except Exception:
+        repository.remove(version)  # Triton keeps serving what it served
+        raise
     origin = version.provenance["promoted_from"]
     print(
         f"version {version.number} ({version.model_version}, a copy of version {origin}) is"

@@ -23,16 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from serving.model_server.scoring import left_pad
 from serving.offline.data import Sequences
+from serving.offline.evaluate import Task
 from serving.offline.export_head import CHECKPOINT, write_head
 from serving.offline.head import HeadConfig
-from serving.offline.train import TrainConfig, WarmStart, grow_id_table, train_head
+from serving.offline.train import TrainConfig, TrainResult, grow_id_table, train_head
 from serving.trainer.catalog import Catalog
 from serving.trainer.dataset import Timeline, build_dataset
 from serving.trainer.gate import run_gate, served_scores
 from serving.trainer.sources import SourcedEvent
 from serving.trainer.versions import ModelRepository, Version
-from stream_app.core.settings import Settings
+from stream_app.core.settings import Settings, TrainerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -123,44 +125,37 @@ def run_cycle(
 
     checkpoint = torch.load(live.path / CHECKPOINT, weights_only=True) if live.is_head else None
     report.mode = "full" if full or checkpoint is None else "warm"
-    item_ids = _row_order(catalog, checkpoint["item_ids"] if checkpoint else ())
-    ordered = catalog.in_order(item_ids)
-    text_vectors = np.vstack([np.zeros((1, ordered.vectors.shape[1]), np.float32), ordered.vectors])
-    added_ts = np.concatenate([[-np.inf], ordered.added_ts])
+    item_ids, text_vectors, added_ts = catalog_rows(
+        catalog, checkpoint["item_ids"] if checkpoint else ()
+    )
     timeline = Timeline.of(dataset.events, item_ids)
+    # An item someone interacted with was in the catalog by then, whatever the catalog log
+    # says (events exported from a warehouse predate the catalog's loading).
+    added_ts = np.minimum(added_ts, timeline.first_seen())
     gate_cut = timeline.cut_off(trainer.holdout_share)
     gate_task = timeline.task(gate_cut, item_added_ts=added_ts)
     if not len(gate_task.targets):
         report.reason = "no held-back event of a user with a history to score"
         return report
 
-    head_kwargs = DEFAULT_HEAD | (
-        {k: v for k, v in checkpoint["config"].items() if k != "n_items"} if checkpoint else {}
+    warm = report.mode == "warm"
+    trained = train_candidate(
+        trainer,
+        timeline,
+        text_vectors,
+        before=gate_cut,
+        checkpoint=checkpoint,
+        warm=warm,
+        item_added_ts=added_ts,
+        progress=progress,
+        corrupt=corrupt,
     )
-    head_config = HeadConfig(n_items=len(item_ids), **head_kwargs)
-    warm: WarmStart | None = None
-    if report.mode == "warm":
-        assert checkpoint is not None
-        old_ids = checkpoint["item_ids"]
-        had_id = np.zeros(len(old_ids), dtype=bool)
-        had_id[np.asarray(checkpoint["trained_rows"], dtype=np.int64) - 1] = True
-        warm = grow_id_table(checkpoint["state_dict"], old_ids, had_id, item_ids)
-        train = timeline.training(before=gate_cut)
-        valid = None
-        config = TrainConfig(epochs=trainer.warm_epochs, learning_rate=WARM_LEARNING_RATE)
-    else:
-        valid_cut = timeline.cut_off(2 * trainer.holdout_share)
-        train = timeline.training(before=valid_cut)
-        valid = timeline.task(valid_cut, gate_cut, item_added_ts=added_ts)
-        config = TrainConfig(
-            epochs=trainer.full_epochs, learning_rate=FULL_LEARNING_RATE, patience=10
-        )
-        valid = valid if len(valid.targets) else None
-    if corrupt is not None:
-        train = corrupt(train)
+    if trained is None:
+        report.reason = "no user has two items before the held-back events"
+        return report
+    result, train = trained
     trained_until = max(t for u in timeline.users.values() for t in u.times if t < gate_cut)
     report.trained_until_ts = trained_until
-    result = train_head(head_config, config, train, text_vectors, valid, progress, warm_start=warm)
     report.seconds["train"] = _lap(clock, report.seconds)
 
     model = result.model.cpu().eval()
@@ -169,62 +164,120 @@ def run_cycle(
         b"".join(t.numpy().tobytes() for t in model.state_dict().values())
     ).hexdigest()[:8]
     tag = f"head-text+id-{digest}" if model.config.use_ids else f"head-text-{digest}"
-    staged = repository.staging_dir()
-    try:
-        parity_rows, parity_types = _parity_inputs(gate_task, model.config.max_len)
-        write_head(model, item_ids, trained_rows, staged, tag, parity_rows, parity_types)
-        report.seconds["export"] = _lap(clock, report.seconds)
-        gate = run_gate(
-            served_scores(staged, item_ids, text_vectors),
-            served_scores(live.path, item_ids, text_vectors),
-            gate_task,
-            trainer.gate_margin,
-        )
-        report.gate = gate.summary()
-        report.seconds["gate"] = _lap(clock, report.seconds)
-        if not gate.passed:
-            report.verdict = "rejected"
-            report.reason = "candidate below the live version beyond the margin"
-            return report
-        provenance = {
-            "trained_until_ts": trained_until,
-            "trained_at": time.time(),
-            "mode": report.mode,
-            "warm_start_from": live.number if warm else None,
-            "events": report.events,
-            "training_users": len(train.users),
-            "items": len(item_ids),
-            "gate": report.gate,
-        }
-        published = repository.publish(staged, provenance)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    try:
-        report.seconds["load"] = load(published)
-    except Exception:
-        # Triton could not load it: take it out, so the repository stays loadable.
-        shutil.rmtree(published.path, ignore_errors=True)
-        raise
+    with repository.lock():  # from staging to publishing: no one clears our staging
+        staged = repository.staging_dir()
+        try:
+            parity_rows, parity_types = _parity_inputs(gate_task, model.config.max_len)
+            write_head(model, item_ids, trained_rows, staged, tag, parity_rows, parity_types)
+            report.seconds["export"] = _lap(clock, report.seconds)
+            gate = run_gate(
+                served_scores(staged, item_ids, text_vectors),
+                served_scores(live.path, item_ids, text_vectors),
+                gate_task,
+                trainer.gate_margin,
+            )
+            report.gate = gate.summary()
+            report.seconds["gate"] = _lap(clock, report.seconds)
+            if not gate.passed:
+                report.verdict = "rejected"
+                report.reason = "candidate below the live version beyond the margin"
+                return report
+            provenance = {
+                "trained_until_ts": trained_until,
+                "trained_at": time.time(),
+                "mode": report.mode,
+                "warm_start_from": live.number if warm else None,
+                "events": report.events,
+                "training_users": len(train.users),
+                "items": len(item_ids),
+                "gate": report.gate,
+            }
+            published = repository.publish(staged, provenance)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        try:
+            report.seconds["load"] = load(published)
+        except Exception:
+            # Triton did not load it: take it out, so the repository stays loadable and
+            # live() agrees with what Triton serves.
+            repository.remove(published)
+            raise
     repository.prune(trainer.keep_versions)
     report.verdict, report.version, report.model_version = "promoted", published.number, tag
     return report
 
 
-def _row_order(catalog: Catalog, live_order: Iterable[str]) -> tuple[str, ...]:
-    """Catalog rows for the candidate: the live version's items in its order (so their
-    learned ids carry over), then every item that arrived since, oldest first."""
+def train_candidate(
+    trainer: TrainerSettings,
+    timeline: Timeline,
+    text_vectors: np.ndarray,
+    *,
+    before: float,
+    checkpoint: dict | None,
+    warm: bool,
+    item_added_ts: np.ndarray | None = None,
+    progress: bool = False,
+    corrupt: Corrupt | None = None,
+) -> tuple[TrainResult, Sequences] | None:
+    """A candidate trained on the events before ``before``; None when there are none.
+
+    Warm: from ``checkpoint``'s weights (its id table regrown to the timeline's items),
+    ``warm_epochs`` epochs. Full: from scratch in the checkpoint's architecture; early
+    stopping on the newest tenth-of-the-window of those events picks the epoch count, then
+    the same number of epochs on all of them, so no event is left out."""
+    item_ids = timeline.item_ids
+    live_config = (
+        {k: v for k, v in checkpoint["config"].items() if k != "n_items"} if checkpoint else {}
+    )
+    head_config = HeadConfig(n_items=len(item_ids), **(DEFAULT_HEAD | live_config))
+    train = timeline.training(before=before)
+    if corrupt is not None:
+        train = corrupt(train)
+    if not train.users:
+        return None
+    if warm:
+        assert checkpoint is not None
+        old_ids = checkpoint["item_ids"]
+        had_id = np.zeros(len(old_ids), dtype=bool)
+        had_id[np.asarray(checkpoint["trained_rows"], dtype=np.int64) - 1] = True
+        warm_start = grow_id_table(checkpoint["state_dict"], old_ids, had_id, item_ids)
+        config = TrainConfig(epochs=trainer.warm_epochs, learning_rate=WARM_LEARNING_RATE)
+        result = train_head(
+            head_config, config, train, text_vectors, None, progress, warm_start=warm_start
+        )
+        return result, train
+    config = TrainConfig(epochs=trainer.full_epochs, learning_rate=FULL_LEARNING_RATE, patience=10)
+    valid_cut = timeline.until(before).cut_off(trainer.holdout_share)
+    valid = timeline.task(valid_cut, before, item_added_ts=item_added_ts)
+    early = timeline.training(before=valid_cut)
+    if corrupt is not None:
+        early = corrupt(early)
+    if len(valid.targets) and early.users:
+        epochs = train_head(head_config, config, early, text_vectors, valid, progress).best_epoch
+        config = TrainConfig(epochs=epochs, learning_rate=FULL_LEARNING_RATE)
+    result = train_head(head_config, config, train, text_vectors, None, progress)
+    return result, train
+
+
+def catalog_rows(
+    catalog: Catalog, live_order: Iterable[str]
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """The candidate's catalog rows: item ids (the live version's still in the catalog, in
+    its order, then every item that arrived since, oldest first), their text vectors and
+    when each entered the catalog, both with the padding row 0 first."""
     added = dict(zip(catalog.item_ids, catalog.added_ts))
     kept = [item for item in live_order if item in added]
     known = set(kept)
     newcomers = sorted(
         (item for item in catalog.item_ids if item not in known), key=lambda i: (added[i], i)
     )
-    return tuple(kept + newcomers)
+    item_ids = tuple(kept + newcomers)
+    ordered = catalog.in_order(item_ids)
+    text_vectors = np.vstack([np.zeros((1, ordered.vectors.shape[1]), np.float32), ordered.vectors])
+    return item_ids, text_vectors, np.concatenate([[-np.inf], ordered.added_ts])
 
 
-def _parity_inputs(task, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    from serving.model_server.scoring import left_pad
-
+def _parity_inputs(task: Task, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     return left_pad(task.histories[:PARITY_USERS], task.purchased[:PARITY_USERS], max_len)
 
 

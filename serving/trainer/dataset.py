@@ -112,6 +112,23 @@ class Timeline:
         }
         return cls(tuple(item_ids), users)
 
+    def first_seen(self) -> np.ndarray:
+        """Per catalog row (padding row 0 included): the time of its first event; inf for
+        items no one interacted with."""
+        first = np.full(len(self.item_ids) + 1, np.inf)
+        for mine in self.users.values():
+            np.minimum.at(first, np.asarray(mine.rows, dtype=np.int64), np.asarray(mine.times))
+        return first
+
+    def until(self, end: float) -> Timeline:
+        """The same timeline without the events at or after ``end``."""
+        users = {}
+        for user, mine in self.users.items():
+            keep = sum(t < end for t in mine.times)  # times are in order
+            if keep:
+                users[user] = UserEvents(mine.rows[:keep], mine.purchased[:keep], mine.times[:keep])
+        return Timeline(self.item_ids, users)
+
     def cut_off(self, share: float) -> float:
         """The event time before which ``1 - share`` of the events fall."""
         times = np.sort(np.concatenate([np.array(u.times) for u in self.users.values()]))
@@ -146,8 +163,8 @@ class Timeline:
         items); users with no history before it are left out (they get trending items).
         ``item_added_ts`` (per catalog row) keeps items out of the ranking before they
         entered the catalog."""
-        histories, purchased, targets, times = [], [], [], []
-        for mine in self.users.values():
+        histories, purchased, targets, times, users = [], [], [], [], []
+        for user, mine in self.users.items():
             first: dict[int, bool] = {}  # row -> purchased so far, in first-seen order
             for row, bought, ts in zip(mine.rows, mine.purchased, mine.times):
                 if start <= ts < end and row not in first and first:
@@ -156,6 +173,7 @@ class Timeline:
                     purchased.append(tuple(p for _, p in recent))
                     targets.append(row)
                     times.append(ts)
+                    users.append(user)
                 if ts >= end:
                     break
                 first[row] = first.get(row, False) or bought
@@ -165,4 +183,5 @@ class Timeline:
             np.array(targets, dtype=np.int64),
             np.array(times, dtype=np.float64),
             item_added_ts,
+            tuple(users),
         )

@@ -15,13 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from prometheus_client import start_http_server
 
 from serving.trainer import metrics
 from serving.trainer.catalog import read_catalog
 from serving.trainer.cycle import Corrupt, CycleReport, run_cycle
-from serving.trainer.sources import SourcedEvent, StartAt, read_file, read_topic
+from serving.trainer.sources import READ_GROUP, SourcedEvent, StartAt, read_file, read_topic
 from serving.trainer.triton_control import load_latest
 from serving.trainer.versions import ModelRepository, Version
 from stream_app.core.client_options import confluent_security, redis_options
@@ -96,9 +96,11 @@ class Trainer:
         trainer = self.settings.trainer
         start_http_server(trainer.metrics_port, trainer.metrics_host, registry=metrics.REGISTRY)
         metrics.watch_live(self.repository.live)
-        counter = _EventCounter(self.settings) if trainer.every_events else None
+        counter = _NewEvents(self.settings) if trainer.every_events else None
         while not stop.is_set():
-            began, baseline = time.monotonic(), counter.total() if counter else 0
+            began = time.monotonic()
+            if counter:
+                counter.reset()  # what arrives from here on is new to the next cycle
             try:
                 self.cycle()
             except Exception:
@@ -106,30 +108,41 @@ class Trainer:
             while not stop.wait(min(NEW_EVENTS_POLL_S, trainer.interval_s)):
                 if time.monotonic() - began >= trainer.interval_s:
                     break
-                if counter and counter.total() - baseline >= trainer.every_events:
+                if counter and counter.poll() >= trainer.every_events:
                     break
         if counter:
             counter.close()
 
 
-class _EventCounter:
-    """Messages in the interactions topic (sum of end offsets): cheap to ask often. On
-    brokers that under-report end offsets (Tansu) it lags a little; real Kafka does not."""
+class _NewEvents:
+    """Counts the messages that reach the interactions topic, by reading them as they come
+    (without parsing; assigned partitions, nothing committed). End offsets would be cheaper
+    but are not reliable on every broker: Tansu reports them far too low."""
 
     def __init__(self, settings: Settings) -> None:
         kafka = settings.kafka
-        self._topic = kafka.interactions_topic
         self._consumer = Consumer(
-            {"bootstrap.servers": kafka.bootstrap, "group.id": "streamrec-trainer"}
+            {"bootstrap.servers": kafka.bootstrap, "group.id": READ_GROUP}
             | confluent_security(kafka)
+            | {"enable.auto.commit": False}
         )
+        topic = kafka.interactions_topic
+        partitions = self._consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+        self.count = 0
 
-    def total(self) -> int:
-        metadata = self._consumer.list_topics(self._topic, timeout=10).topics[self._topic]
-        return sum(
-            self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), 10)[1]
-            for p in metadata.partitions
-        )
+    def poll(self) -> int:
+        """Messages counted so far (since the last :meth:`reset`)."""
+        try:
+            while batch := self._consumer.consume(10_000, timeout=0.5):
+                self.count += sum(m.error() is None for m in batch)
+        except KafkaException as exc:
+            logger.warning('cannot count new events error="%s"', exc)
+        return self.count
+
+    def reset(self) -> None:
+        self.poll()
+        self.count = 0
 
     def close(self) -> None:
         self._consumer.close()

@@ -3,8 +3,12 @@ file of JSON lines in the same schema (an export from a warehouse, say).
 
 The topic is read by partition assignment, never through a consumer group: nothing is
 committed, so the workers' group and offsets are untouched. A read takes what the topic
-held when it began and stops there (at each partition's end, or at its first message
-produced after the read began), so a cycle trains on a fixed set while the stream goes on.
+held when it began and stops there, so a cycle trains on a fixed set while the stream goes
+on: every message below each partition's end offset as the read began, then (for brokers
+that report too low an end offset, as Tansu does after a multi-message batch: DESIGN.md)
+the ones produced before the read began, up to the partition's end or the first message
+produced after it. A start time is looked up with the broker (offsets for times) and also
+checked on each message's timestamp: Tansu answers offset 0 for any time.
 """
 
 from __future__ import annotations
@@ -75,13 +79,20 @@ def read_topic(
         {"bootstrap.servers": kafka.bootstrap}
         | confluent_security(kafka)
         | {"group.id": READ_GROUP, "enable.auto.commit": False, "enable.partition.eof": True}
+        # An offset retention already deleted reads from the oldest message left.
+        | {"auto.offset.reset": "earliest"}
     )
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
         if metadata.error is not None:
             raise KafkaException(metadata.error)
         began_ms = time.time() * 1000
+        from_ms = (start.time_s * 1000) if start and start.time_s is not None else -1
         partitions = sorted(metadata.partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout_s)[1]
+            for p in partitions
+        }
         assignment = _start_offsets(consumer, topic, partitions, start or StartAt(), timeout_s)
         consumer.assign(assignment)
         pending = {tp.partition for tp in assignment}
@@ -103,8 +114,10 @@ def read_topic(
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(error)
                     pending.discard(partition)
-                elif message.timestamp()[1] > began_ms:  # produced after the read began
-                    pending.discard(partition)
+                elif message.offset() >= ends[partition] and message.timestamp()[1] > began_ms:
+                    pending.discard(partition)  # produced after the read began
+                elif message.timestamp()[1] < from_ms:
+                    continue  # before the start time (brokers that ignore it, see above)
                 else:
                     read += 1
                     if progress and read % PROGRESS_EVERY == 0:

@@ -1,15 +1,20 @@
 """The ``recommender`` model's versions in the Triton model repository.
 
-Triton serves the highest complete version number (its default policy, ``latest 1``), so
-the live version is always the highest: a restart serves what was live before it. Every
-change adds a version and nothing is renamed in place:
+Triton serves the highest numbered version directory (its default policy, ``latest 1``),
+so the live version is always the highest: a restart serves what was live before it. Every
+change adds a version and nothing is rewritten in place:
 
-- a trained candidate is written whole into a staging directory beside the versions
-  (a name Triton does not read as a version: it starts with a dot), then renamed to the
-  next number in one step; a trainer killed before the rename leaves only a staging
-  directory, which the next trainer deletes;
-- ``promote N`` copies version N to the next number the same way, and ``rollback``
-  promotes the version that was live before the current one.
+- a trained candidate is written whole into a staging directory beside the versions (a
+  name Triton does not read as a version: it starts with a dot; Triton reads "3.tmp" as
+  3), then renamed to the next number in one step; a trainer killed before the rename
+  leaves only a staging directory, which the next one deletes;
+- ``promote N`` copies version N to the next number the same way; ``rollback`` promotes
+  the newest version from before the live one's original that is another model;
+- a version is deleted by first renaming it to a dotted name, so no half-deleted
+  directory ever holds a number.
+
+Writers hold an exclusive lock on ``.lock`` in the model directory (a trainer from
+staging to publishing, an operator's promote), so one never deletes another's staging.
 
 A version's ``head.json`` (written last) holds the tag every message's ``model_version``
 carries and its provenance: what it learned from, the gate's scores, what it was promoted
@@ -18,15 +23,19 @@ from. Version 1, the zero-shot model, has none: its tag is in ``config.pbtxt``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
 ZERO_SHOT_TAG = re.compile(r'key:\s*"zero_shot_version",\s*value:\s*\{\s*string_value:\s*"([^"]+)"')
 
 
@@ -86,27 +95,39 @@ class ModelRepository:
             count += 1
         return count
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held by whoever stages, publishes or deletes versions (released if it dies)."""
+        with open(self.model_dir / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def staging_dir(self) -> Path:
-        """A fresh path for a candidate; leftovers of earlier, killed trainers go first."""
-        self.clean_staging()
+        """A fresh path for a candidate; leftovers of killed writers go first. Hold
+        :meth:`lock` from here until :meth:`publish`."""
+        for leftover in [
+            *self.model_dir.glob(f"{STAGING_PREFIX}*"),
+            *self.model_dir.glob(f"{DELETING_PREFIX}*"),
+        ]:
+            shutil.rmtree(leftover, ignore_errors=True)
         return self.model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
 
-    def clean_staging(self) -> None:
-        for path in self.model_dir.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(path, ignore_errors=True)
-
     def publish(self, staged: Path, provenance: dict | None = None) -> Version:
-        """Make a complete staged directory the next (live) version, in one rename."""
+        """Make a complete staged directory the next (live) version, in one rename. The
+        number is above every numbered directory, complete or not: Triton would serve any."""
         if provenance:
             metadata_file = staged / "head.json"
             metadata = json.loads(metadata_file.read_text())
             metadata["provenance"] = metadata.get("provenance", {}) | provenance
             _write_atomically(metadata_file, json.dumps(metadata, indent=1))
-        number = max((v.number for v in self.versions()), default=0) + 1
-        target = self.model_dir / str(number)
-        os.rename(staged, target)  # fails, rather than merging, if the number exists
+        numbers = [int(p.name) for p in self.model_dir.iterdir() if p.name.isdigit()]
+        target = self.model_dir / str(max(numbers, default=0) + 1)
+        os.rename(staged, target)
         _sync_dir(self.model_dir)
-        return self.get(number)
+        return self.get(int(target.name))
 
     def promote(self, number: int, reason: str = "promoted") -> Version:
         """Serve version ``number`` again, as a new version (a copy of it)."""
@@ -116,24 +137,41 @@ class ModelRepository:
                 f"version {number} is the zero-shot model: serve it by removing the trained"
                 " versions above it, not by copying it (its files are shared with git)"
             )
-        staged = self.staging_dir()
-        shutil.copytree(source.path, staged)
-        return self.publish(staged, {"promoted_from": number, "promotion": reason})
+        with self.lock():
+            staged = self.staging_dir()
+            shutil.copytree(source.path, staged)
+            return self.publish(staged, {"promoted_from": _origin(source), "promotion": reason})
 
     def rollback(self) -> Version:
-        """Serve the version that was live before the current one."""
+        """Serve the model before the live one: the newest version numbered below the
+        live one's original that holds another model (so a second rollback goes further
+        back instead of bringing back what the first one rolled back from)."""
         versions = self.versions()
-        if len(versions) < 2:
-            raise ValueError("nothing to roll back to: only one version")
-        return self.promote(versions[-2].number, reason="rollback")
+        live = versions[-1]
+        origin = _origin(live)
+        earlier = [
+            v
+            for v in versions
+            if v.number < origin and v.is_head and v.model_version != live.model_version
+        ]
+        if not earlier:
+            raise ValueError(f"nothing to roll back to: no trained version before {origin}")
+        return self.promote(earlier[-1].number, reason="rollback")
+
+    def remove(self, version: Version) -> None:
+        """Delete a version: renamed out of the numbers first, so Triton never finds half."""
+        doomed = self.model_dir / f"{DELETING_PREFIX}{version.number}-{uuid.uuid4().hex[:6]}"
+        os.rename(version.path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def prune(self, keep: int) -> list[int]:
         """Delete trained versions beyond the newest ``keep`` (never version 1 or the live
         one); returns the numbers deleted."""
-        trained = [v for v in self.versions() if v.number != 1]
-        doomed = trained[:-keep] if len(trained) > keep else []
-        for version in doomed:
-            shutil.rmtree(version.path)
+        with self.lock():
+            trained = [v for v in self.versions() if v.number != 1]
+            doomed = trained[:-keep] if len(trained) > keep else []
+            for version in doomed:
+                self.remove(version)
         return [v.number for v in doomed]
 
     def _read(self, number: int, path: Path) -> Version | None:
@@ -145,6 +183,11 @@ class ModelRepository:
             match = ZERO_SHOT_TAG.search((self.model_dir / "config.pbtxt").read_text())
             return Version(number, path, match.group(1) if match else "zero-shot", {})
         return None  # not a version this module wrote: an incomplete copy, say
+
+
+def _origin(version: Version) -> int:
+    """The version a copy was made from (a copy of a copy: the first one)."""
+    return int(version.provenance.get("promoted_from", version.number))
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -9,18 +9,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import generate_latest
 
 from serving.offline.data import Movie, Sequences
+from serving.trainer import metrics
 from serving.trainer.service import Trainer
+from serving.trainer.sources import READ_GROUP, StartAt, read_topic
 from serving.trainer.triton_control import load_latest, served_versions
 from serving.trainer.versions import STAGING_PREFIX, ModelRepository
+from stream_app.cli import main
 from stream_app.devtools.catalog_loader import load_catalog
+from stream_app.devtools.devstack import free_port
 from stream_app.devtools.kafka_io import ensure_topics
+from stream_app.devtools.probes import metric_sum, scrape
 from stream_app.devtools.replay import PlannedEvent, plan_events, replay
 from stream_app.devtools.worker_process import settings_env
 from tests.support import VAR, isolated, own_recommender, unique, wait_until
@@ -32,9 +41,9 @@ LATER = 1000
 
 
 @pytest.fixture(scope="module")
-def trained(stack_settings, catalog, movielens):
-    """Settings of this module's own topic and recommender, with one version trained on
-    MovieLens events replayed into the topic (a full retrain: live was zero-shot)."""
+def topic(stack_settings, catalog, movielens):
+    """Settings of this module's own topic and recommender (zero-shot version 1 live),
+    MovieLens events replayed into the topic, and more events to replay later."""
     settings = own_recommender(
         isolated(stack_settings, "trainer"), min_events=500, full_epochs=100, warm_epochs=2
     )
@@ -45,9 +54,22 @@ def trained(stack_settings, catalog, movielens):
         for e in list(plan_events(movielens.ratings, run_id=run))[: EVENTS + LATER]
     ]
     replay(settings.kafka, events[:EVENTS], progress=False)
+    return settings, events[:EVENTS], events[EVENTS:]
+
+
+@pytest.fixture(scope="module")
+def trained(topic):
+    """The same, with a trained version live: a full retrain on the topic, promoted
+    whatever it scores (on 30 users' events the zero-shot model is hard to beat; the gate
+    is tested on its own below)."""
+    settings = with_trainer(topic[0], gate_margin=1.0)
     report = Trainer(settings, progress=False).cycle()
     assert report.verdict == "promoted" and report.mode == "full", report.log_line()
-    return settings, events[:EVENTS], events[EVENTS:]
+    return topic
+
+
+def with_trainer(settings, **changes):
+    return settings.model_copy(update={"trainer": settings.trainer.model_copy(update=changes)})
 
 
 def repository(settings) -> ModelRepository:
@@ -65,11 +87,9 @@ def random_targets(train: Sequences) -> Sequences:
     return replace(train, items=items)
 
 
-def test_a_bad_candidate_is_rejected_and_nothing_changes(trained):
-    settings = trained[0]
-    settings = settings.model_copy(
-        update={"trainer": settings.trainer.model_copy(update={"gate_margin": 0.1})}
-    )
+def test_a_bad_candidate_is_rejected_and_nothing_changes(topic):
+    # Against the zero-shot model, before any version is trained (this module's first test).
+    settings = with_trainer(topic[0], gate_margin=0.1)
     before = [(v.number, v.model_version) for v in repository(settings).versions()]
     report = Trainer(settings, progress=False, corrupt=random_targets).cycle(full=True)
     assert report.verdict == "rejected", report.log_line()
@@ -83,10 +103,7 @@ def test_a_bad_candidate_is_rejected_and_nothing_changes(trained):
 
 def test_an_item_that_arrived_after_training_has_a_learned_id_after_the_next(trained, movielens):
     settings, events, later = trained
-    # The gate is the other tests' subject; here the id table is.
-    settings = settings.model_copy(
-        update={"trainer": settings.trainer.model_copy(update={"gate_margin": 1.0})}
-    )
+    settings = with_trainer(settings, gate_margin=1.0)  # the id table is the subject here
     heat = next(m for m in movielens.movies if m.item_id == "6")
     newcomer = Movie(unique("new"), f"{heat.title} (remastered)", heat.year, heat.genres)
     load_catalog(settings, [newcomer], force=True)
@@ -119,9 +136,11 @@ def test_a_trainer_killed_during_export_leaves_the_live_version_serving(trained)
     )
     try:
         # The staging directory appears when the export begins; kill as it fills.
-        staged = lambda: list(repo.model_dir.glob(f"{STAGING_PREFIX}*/*.onnx"))  # noqa: E731
-        assert wait_until(lambda: staged() or trainer.poll() is not None, timeout_s=120)
-        assert trainer.poll() is None, "the trainer ended before its export began"
+        deadline = time.monotonic() + 120
+        while not list(repo.model_dir.glob(f"{STAGING_PREFIX}*/*.onnx")):
+            assert trainer.poll() is None, "the trainer ended before its export began"
+            assert time.monotonic() < deadline, "no export began within 120 s"
+            time.sleep(0.01)
         trainer.send_signal(signal.SIGKILL)
         trainer.wait(10)
     finally:
@@ -139,3 +158,82 @@ def test_a_trainer_killed_during_export_leaves_the_live_version_serving(trained)
 
 def _id_rows(version_dir: Path) -> dict:
     return json.loads((version_dir / "head.json").read_text())["id_rows"]
+
+
+def test_the_topic_is_read_from_offsets_or_a_time_and_nothing_is_committed(trained):
+    settings = trained[0]
+    kafka, topic = settings.kafka, settings.kafka.interactions_topic
+    everything = list(read_topic(kafka, topic))
+    partitions = sorted({p for p, _ in (e.position for e in everything)})
+    later = list(read_topic(kafka, topic, StartAt(offsets={p: 10 for p in partitions})))
+    assert len(later) == len(everything) - 10 * len(partitions)
+    assert all(offset >= 10 for _, offset in (e.position for e in later))
+    assert not list(read_topic(kafka, topic, StartAt(time_s=time.time() + 3600)))
+    assert len(list(read_topic(kafka, topic, StartAt(time_s=0.0)))) == len(everything)
+    reader = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": READ_GROUP})
+    try:
+        committed = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    finally:
+        reader.close()
+    assert all(tp.offset < 0 for tp in committed)  # no offset stored for the trainer
+
+
+def test_the_long_running_trainer_cycles_again_after_every_n_new_events(trained):
+    settings, events, _ = trained
+    port = free_port()
+    settings = with_trainer(settings, interval_s=3600, every_events=200, metrics_port=port)
+    url = f"http://127.0.0.1:{port}/metrics"
+    exposed = generate_latest(metrics.REGISTRY).decode()
+    before = metric_sum(exposed, "streamrec_trainer_cycles_total")
+    failed = metric_sum(exposed, "streamrec_trainer_cycles_total", verdict="failed")
+    stop = threading.Event()
+    loop = threading.Thread(target=Trainer(settings, progress=False).run, args=(stop,))
+    loop.start()
+    try:
+        assert wait_until(lambda: _cycles(url) >= before + 1, timeout_s=120)
+        users = sorted({e.user_id for e in events})[:20]
+        # Three times the trigger, so a cycle that began just before some of them still
+        # leaves enough to count.
+        more = [
+            PlannedEvent(u, unique("n"), str(1 + i % 50), "click") for i, u in enumerate(users * 30)
+        ]
+        replay(settings.kafka, more, progress=False)
+        assert wait_until(lambda: _cycles(url) >= before + 2, timeout_s=120)
+        assert scrape(url, "streamrec_trainer_cycles_total", verdict="failed") == failed
+        assert scrape(url, "streamrec_trainer_live_version") == repository(settings).live().number
+    finally:
+        stop.set()
+        loop.join(60)
+    assert not loop.is_alive()
+
+
+def _cycles(url: str) -> float:
+    try:
+        return scrape(url, "streamrec_trainer_cycles_total")
+    except OSError:  # the metrics server is not up yet
+        return -1.0
+
+
+def test_an_operator_rolls_back_and_promotes_through_the_cli(trained, monkeypatch, capsys):
+    settings = trained[0]
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STREAMREC_TRAINER__GATE_MARGIN", "1.0")
+    # main() points the loggers at this test's captured stderr, closed after it.
+    monkeypatch.setattr("stream_app.core.logs.configure", lambda level="INFO": None)
+    assert main(["trainer", "--once", "--warm"]) == 0  # a fresh version to roll back from
+    repo = repository(settings)
+    live, previous = repo.versions()[-1], repo.versions()[-2]
+    assert live.model_version != previous.model_version and previous.is_head
+    url, model = settings.triton.url, settings.triton.recommender_model
+
+    assert main(["model", "rollback"]) == 0
+    rolled = repo.live()
+    assert (rolled.number, rolled.model_version) == (live.number + 1, previous.model_version)
+    assert served_versions(url, model) == [rolled.number]
+    assert main(["model", "promote", str(live.number)]) == 0
+    assert repo.live().model_version == live.model_version
+    assert served_versions(url, model) == [live.number + 2]
+    assert main(["model", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "(rollback)" in listing and f"copy of {live.number} (promoted)" in listing

@@ -202,6 +202,23 @@ def test_the_worker_imports_only_what_the_worker_image_installs():
     assert not needed & {"torch", "onnxruntime", "faiss-cpu", "confluent-kafka"}
 
 
+def test_the_trainer_imports_only_what_the_trainer_image_installs():
+    extras = image_extras("Dockerfile.trainer", r'pip install --no-cache-dir "\.\[([a-z,]+)\]"')
+    assert extras == ["trainer"]
+    installs = installed_closure(_requirements_script().requirements(extras))
+
+    loaded = imported_in_image(
+        top_level_modules(installs),
+        Path.cwd(),
+        ["stream_app.cli", "serving.trainer.service", "serving.trainer.commands"],
+    )
+
+    assert {"serving", "torch", "confluent_kafka", "tritonclient"} <= loaded
+    needed = _distributions_of(loaded - set(OUR_PACKAGES))
+    assert needed <= installs, needed - installs
+    assert not needed & {"faust-streaming", "transformers", "faiss-cpu"}
+
+
 def test_the_image_world_refuses_what_an_image_does_not_install(tmp_path):
     """The check itself: a model that imported a worker-only package would fail here."""
     code = image_code(tmp_path, "Dockerfile.triton")

@@ -162,47 +162,75 @@ def repository(tmp_path) -> ModelRepository:
     return ModelRepository(tmp_path)
 
 
-def test_the_live_version_is_the_highest_complete_one(repository):
+def test_the_live_version_is_the_highest_and_numbers_never_reuse_a_directory(repository):
     assert repository.live().model_version == "weighted-mean-v1"
     version_dir(repository.model_dir / "2", "head-a", trained_until_ts=5.0)
-    (repository.model_dir / "3").mkdir()  # incomplete: no head.json
     live = repository.live()
     assert (live.number, live.model_version, live.trained_until_ts) == (2, "head-a", 5.0)
+    (repository.model_dir / "3").mkdir()  # not ours (half copied by hand, say)
+    with repository.lock():
+        published = repository.publish(version_dir(repository.staging_dir(), "head-b"))
+    assert published.number == 4  # above 3: Triton serves the highest directory
 
 
 def test_publishing_is_one_rename_and_leftover_staging_is_cleaned(repository):
     leftover = repository.staging_dir()
     leftover.mkdir()  # as a trainer killed mid-export leaves it
-    staged = repository.staging_dir()
-    assert not leftover.exists()
-    version_dir(staged, "head-b")
-    published = repository.publish(staged, {"trained_until_ts": 9.0})
+    with repository.lock():
+        staged = repository.staging_dir()
+        assert not leftover.exists()
+        version_dir(staged, "head-b")
+        published = repository.publish(staged, {"trained_until_ts": 9.0})
     assert published.number == 2 and not staged.exists()
     assert repository.live().provenance == {"trained_until_ts": 9.0}
 
 
+def publish(repository, tag: str, **provenance):
+    with repository.lock():
+        return repository.publish(version_dir(repository.staging_dir(), tag, **provenance))
+
+
 def test_promote_and_rollback_add_versions_and_never_rewrite_one(repository):
-    for tag in ("head-b", "head-c"):
-        repository.publish(version_dir(repository.staging_dir(), tag))
-    rolled = repository.rollback()  # live was 3 (head-c): 2 again, as version 4
-    assert (rolled.number, rolled.model_version) == (4, "head-b")
-    assert rolled.provenance["promoted_from"] == 2
-    promoted = repository.promote(3)
-    assert (promoted.number, promoted.model_version) == (5, "head-c")
+    for tag in ("head-a", "head-b", "head-c"):
+        publish(repository, tag)
+    rolled = repository.rollback()  # live was 4 (head-c): 3 (head-b) again, as version 5
+    assert (rolled.number, rolled.model_version) == (5, "head-b")
+    assert rolled.provenance["promoted_from"] == 3
+    again = repository.rollback()  # further back to head-a, not forward to head-c
+    assert (again.number, again.model_version, again.provenance["promoted_from"]) == (
+        6,
+        "head-a",
+        2,
+    )
+    promoted = repository.promote(4)
+    assert (promoted.number, promoted.model_version) == (7, "head-c")
     assert [v.model_version for v in repository.versions()] == [
         "weighted-mean-v1",
+        "head-a",
         "head-b",
         "head-c",
         "head-b",
+        "head-a",
         "head-c",
     ]
     with pytest.raises(ValueError, match="zero-shot"):
         repository.promote(1)
+    repository.rollback()  # from head-c (7) to head-b
+    repository.rollback()  # to head-a
+    with pytest.raises(ValueError, match="nothing to roll back to"):
+        repository.rollback()  # version 1, the zero-shot model, is not a rollback target
+
+
+def test_a_removed_version_leaves_no_numbered_directory_behind(repository):
+    doomed = publish(repository, "head-a")
+    repository.remove(doomed)
+    assert not doomed.path.exists()
+    assert [p.name for p in repository.model_dir.iterdir() if p.name.isdigit()] == ["1"]
 
 
 def test_pruning_keeps_version_1_and_the_newest(repository):
     for tag in "bcde":
-        repository.publish(version_dir(repository.staging_dir(), f"head-{tag}"))
+        publish(repository, f"head-{tag}")
     assert repository.prune(keep=2) == [2, 3]
     assert [v.number for v in repository.versions()] == [1, 4, 5]
 
@@ -220,7 +248,17 @@ def test_file_source_and_start_options(tmp_path):
 
 def test_full_retrains_follow_the_repository_not_a_process_counter(repository):
     for mode in ("full", "warm", "warm"):
-        repository.publish(version_dir(repository.staging_dir(), f"head-{mode}", mode=mode))
+        publish(repository, f"head-{mode}", mode=mode)
     assert repository.warm_starts_in_a_row() == 2
-    repository.publish(version_dir(repository.staging_dir(), "head-f", mode="full"))
+    publish(repository, "head-f", mode="full")
     assert repository.warm_starts_in_a_row() == 0
+
+
+def test_a_timeline_until_a_time_drops_what_came_after():
+    early = timeline().until(4)
+    assert sorted(early.users) == ["u", "v"]
+    assert early.users["u"].times == (1.0, 2.0, 2.0)
+
+
+def test_an_item_counts_as_in_the_catalog_from_its_first_event():
+    assert timeline().first_seen().tolist() == [np.inf, 1.0, 2.0, 3.0, 7.0]

@@ -10,7 +10,7 @@ ONNX_MODEL := model_repository/item_embedder/1/model.onnx
 HEAD := model_repository/recommender/2/head.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up bench bench-inference test test-reliability test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up bench bench-online bench-inference test test-reliability test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 
 	$(BIN)/streamrec bench --profile --out bench/results/pipeline/1-worker
 	$(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers
 	STREAMREC_WORKER__BATCH_MAX_EVENTS=512 $(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers-batch-512
+
+bench-online: setup ## the freshness curve: frozen model vs updated every 1k/5k/20k events of a time-ordered MovieLens replay through Kafka (~20 min); writes bench/results/online/
+	$(BIN)/python -m bench.online --out bench/results/online
 
 bench-inference: setup ## inference micro-benchmarks: recommender vs catalog size (exact, ANN), encoder (ORT, INT8), via Triton (~15 min); writes bench/results/inference/
 	$(BIN)/python -m bench.inference_speed

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from serving.offline.data import load_movielens
+from serving.trainer.service import Trainer
 from stream_app.core.errors import StackError
 from stream_app.core.settings import Settings
 from stream_app.devtools.catalog_loader import load_catalog
@@ -66,6 +67,7 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
         dlq_reader.close()
         if served:
             _show_cold_start(settings, planned)
+            _show_learning(settings, planned)
     if not served:
         raise StackError("not every user got recommendations within 120 s: see var/demo/worker.log")
 
@@ -133,3 +135,39 @@ def _show_cold_start(settings: Settings, planned) -> None:
     )
     print(f"  Their first click, on {title!r}, makes it {items[0]['reason']}; the list {place}:")
     print(f"  {catalog.titles(ids[:5])}")
+
+
+def _show_learning(settings: Settings, planned) -> None:
+    """One trainer cycle on the events the demo replayed (read back from the topic): the
+    gate compares it with the served version, and once Triton loads it the worker's next
+    messages name it in ``model_version``."""
+    users = list(dict.fromkeys(e.user_id for e in reversed(planned)))[:3]
+
+    def ask(user: str) -> dict:
+        item = next(e.item_id for e in reversed(planned) if e.user_id == user)
+        return recommendations_after(
+            settings.kafka, PlannedEvent(user, uuid.uuid4().hex, item, "click")
+        )
+
+    before = {user: ask(user) for user in users}
+    print("\nLearning from the stream: one `streamrec trainer --once` cycle on the topic")
+    report = Trainer(settings, progress=False).cycle()
+    gate = report.gate
+    if gate:
+        candidate, live = gate["candidate"]["ndcg@10"], gate["live"]["ndcg@10"]
+        print(
+            f"  {report.events} events, {report.users} users, {report.items} items; gate on the"
+            f" newest {gate['events']} held back: NDCG@10 candidate {candidate:.4f}"
+            f" vs live {live:.4f} -> {report.verdict}"
+            f" ({report.mode} start, {sum(report.seconds.values()):.0f} s)"
+        )
+    if report.verdict != "promoted":
+        print(f"  nothing changed: {report.reason}")
+        return
+    catalog = CatalogStore(redis_client(settings), settings.redis.key_prefix)
+    print(f"  Triton now serves version {report.version}; the same users, asked again:")
+    for user in users:
+        after = ask(user)
+        for label, message in (("before", before[user]), ("after ", after)):
+            titles = catalog.titles([i["item_id"] for i in message["items"][:3]])
+            print(f"  user {user} {label}: model_version={message['model_version']} {titles}")

@@ -2,8 +2,10 @@
 
 Each rating becomes a click; a rating of 4 or more is also a purchase. Events keep the
 dataset's order (by time) and are stamped with the time they are produced, so the
-pipeline sees them as live traffic. Event ids are derived from the rating, so replaying
-the same ratings twice with the same ``run_id`` is deduplicated by the worker.
+pipeline sees them as live traffic (or, with ``keep_time``, with the rating's own
+time: a time-ordered replay of the data set, as the freshness benchmark needs). Event
+ids are derived from the rating, so replaying the same ratings twice with the same
+``run_id`` is deduplicated by the worker.
 """
 
 from __future__ import annotations
@@ -29,15 +31,20 @@ class PlannedEvent:
     event_id: str
     item_id: str
     type: str
+    ts: float | None = None
+    """Event time; None: the time it is produced."""
 
 
-def plan_events(ratings: Iterable[Rating], run_id: str = "") -> Iterator[PlannedEvent]:
+def plan_events(
+    ratings: Iterable[Rating], run_id: str = "", keep_time: bool = False
+) -> Iterator[PlannedEvent]:
     prefix = f"ml{run_id and '-' + run_id}"
     for r in ratings:
         base = f"{prefix}-{r.user_id}-{r.item_id}-{r.timestamp}"
-        yield PlannedEvent(r.user_id, f"{base}-c", r.item_id, "click")
+        ts = float(r.timestamp) if keep_time else None
+        yield PlannedEvent(r.user_id, f"{base}-c", r.item_id, "click", ts)
         if r.rating >= PURCHASE_MIN_RATING:
-            yield PlannedEvent(r.user_id, f"{base}-p", r.item_id, "purchase")
+            yield PlannedEvent(r.user_id, f"{base}-p", r.item_id, "purchase", ts)
 
 
 def encode(event: PlannedEvent, ts: float) -> bytes:
@@ -67,7 +74,8 @@ def replay(
             ahead = index / rate_per_s - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
-        _produce(out, kafka.interactions_topic, event.user_id.encode(), encode(event, clock()))
+        ts = clock() if event.ts is None else event.ts
+        _produce(out, kafka.interactions_topic, event.user_id.encode(), encode(event, ts))
         if progress and (index % 500 == 0 or index == len(events)):
             _progress(index, len(events), time.monotonic() - started)
     _flush(out)

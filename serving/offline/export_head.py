@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def write_head(
     text = model.text_vectors
     rows = torch.arange(text.shape[0])
     hidden = model.config.hidden
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns that the attention scale, a Python float of the traced shape, is
+        # a constant in the graph: it is, the head's width being fixed.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             model.items,
             (text, rows),

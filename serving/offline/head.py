@@ -77,8 +77,6 @@ class CausalBlock(nn.Module):
     def __init__(self, hidden: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
-        # A plain float: computed from the traced shape, ONNX export warned on every export.
-        self.scale = 1.0 / math.sqrt(hidden // heads)
         self.norm1 = nn.LayerNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
@@ -102,7 +100,7 @@ class CausalBlock(nn.Module):
             return t.reshape(batch, t.shape[1], self.heads, hidden // self.heads).transpose(1, 2)
 
         q, k, v = split(q), split(k), split(v)
-        weights = q @ k.transpose(-2, -1) * self.scale + attention_bias
+        weights = q @ k.transpose(-2, -1) / math.sqrt(hidden // self.heads) + attention_bias
         attended = (self.dropout(weights.softmax(dim=-1)) @ v).transpose(1, 2)
         x = x + self.dropout(self.out(attended.reshape(batch, x.shape[1], hidden)))
         return x + self.dropout(self.ff(self.norm2(x)))

@@ -41,7 +41,7 @@ models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 $(ONNX_MODEL): serving/offline/encoder.py serving/offline/export_encoder.py serving/model_server/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
 
-head: setup ## (re)train the scoring head (CPU, ~5 min) and serve it as recommender version 2
+head: setup ## (re)train the scoring head (CPU, ~8 min) and serve it as recommender version 2
 	$(BIN)/streamrec train --epochs 150 --export
 
 $(HEAD): | setup
@@ -50,7 +50,7 @@ $(HEAD): | setup
 evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVICE=cuda on a GPU)
 	$(BIN)/streamrec evaluate --device $(or $(DEVICE),cpu) --jobs $(or $(JOBS),1)
 
-demo: setup $(HEAD) ## train the head once (~5 min), then start the local stack, run a worker and a short replay, print live results
+demo: setup $(HEAD) ## train the head once (~8 min), then start the local stack, run a worker, a short replay and a trainer cycle, print live results
 	$(BIN)/streamrec demo
 
 bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 512-event batches, each against a naive baseline (~13 min); writes bench/results/pipeline/
@@ -58,7 +58,7 @@ bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 
 	$(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers
 	STREAMREC_WORKER__BATCH_MAX_EVENTS=512 $(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers-batch-512
 
-bench-online: setup ## the freshness curve: frozen model vs updated every 1k/5k/20k events of a time-ordered MovieLens replay through Kafka (~20 min); writes bench/results/online/
+bench-online: setup ## the freshness curve: frozen model vs updated every 1k/5k/20k events of a time-ordered MovieLens replay through Kafka (~30 min on 2 CPUs); writes bench/results/online/
 	$(BIN)/python -m bench.online --out bench/results/online
 
 bench-inference: setup ## inference micro-benchmarks: recommender vs catalog size (exact, ANN), encoder (ORT, INT8), via Triton (~15 min); writes bench/results/inference/
@@ -67,7 +67,7 @@ bench-inference: setup ## inference micro-benchmarks: recommender vs catalog siz
 up: setup ## start the local broker, Redis and Triton and keep them up (Ctrl-C stops)
 	$(BIN)/streamrec up
 
-test: setup chart-tools ## unit, integration and the fast reliability tests on real servers (~3 min)
+test: setup chart-tools ## unit, integration and the fast reliability tests on real servers (~7 min)
 	$(BIN)/python -m pytest tests -m "not slow"
 
 test-reliability: setup ## every reliability scenario (kills, outages; ~5 min), then its table

@@ -2,9 +2,10 @@
 
 1. the dataset: valid events for known items in the window, ordered (``dataset``);
 2. the newest ``holdout_share`` of them are held back for the gate (time-based protocol);
-3. the candidate: warm-started from the live version (its id table grown to the catalog
-   as it is now) for a few epochs, or, on a full retrain, from scratch with early stopping
-   on the events just before the held-back ones;
+3. the candidate (:func:`train_candidate`): warm-started from the live version (its id
+   table grown to the catalog as it is now) for a few epochs, or, on a full retrain, from
+   scratch, as many epochs as early stopping chooses, on every event before the held-back
+   ones;
 4. it is exported into a staging directory (ONNX, parity-checked), and the gate scores it
    and the live version on the held-back events through what Triton would run;
 5. promoted: the staging directory becomes the next version and Triton loads it;

@@ -34,7 +34,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import redis
 
 from bench.inference_common import machine, markdown_table
 from serving.offline.data import load_movielens
@@ -42,14 +41,14 @@ from serving.offline.evaluate import Task, ranking_metrics, target_ranks_of
 from serving.offline.export_head import checkpoint
 from serving.offline.train import score_fn
 from serving.trainer.catalog import read_catalog
-from serving.trainer.cycle import catalog_rows, train_candidate
-from serving.trainer.dataset import Timeline, build_dataset
+from serving.trainer.cycle import catalog_rows, event_dataset, train_candidate
+from serving.trainer.dataset import Timeline
 from serving.trainer.sources import read_topic
-from stream_app.core.client_options import redis_options
 from stream_app.core.settings import Settings, load_settings
 from stream_app.devtools.demo import prepare_stack
 from stream_app.devtools.devstack import isolated
 from stream_app.devtools.kafka_io import ensure_topics
+from stream_app.devtools.redis_io import redis_client
 from stream_app.devtools.replay import plan_events, replay
 
 logger = logging.getLogger(__name__)
@@ -69,15 +68,9 @@ def run(
         kafka = topic_settings.kafka
         planned = list(plan_events(load_movielens().ratings, run_id="online", keep_time=True))
         replay(kafka, planned)
-        client = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
-        catalog = read_catalog(client, settings.redis.key_prefix)
-        dataset = build_dataset(
-            read_topic(kafka, kafka.interactions_topic, progress=True),
-            frozenset(catalog.item_ids),
-            max_event_bytes=settings.worker.max_event_bytes,
-            now=time.time(),
-            max_future_skew_s=settings.worker.max_future_skew_s,
-        )
+        catalog = read_catalog(redis_client(settings), settings.redis.key_prefix)
+        topic = read_topic(kafka, kafka.interactions_topic, progress=True)
+        dataset = event_dataset(settings, topic, catalog)
     events = dataset.events
     # Every item was in the catalog from the start: the replayed events are from 1997-98.
     item_ids, text, _ = catalog_rows(catalog, ())

@@ -54,7 +54,7 @@ def model_command(settings: Settings, args: argparse.Namespace) -> None:
     from serving.trainer.versions import ModelRepository
 
     triton = settings.triton
-    repository = ModelRepository(Path(triton.model_repository), triton.recommender_model)
+    repository = ModelRepository.of(triton)
     if args.action == "list":
         print(versions_table(repository))
         return

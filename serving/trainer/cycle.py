@@ -31,7 +31,7 @@ from serving.offline.export_head import CHECKPOINT, write_head
 from serving.offline.head import HeadConfig
 from serving.offline.train import TrainConfig, TrainResult, grow_id_table, train_head
 from serving.trainer.catalog import Catalog
-from serving.trainer.dataset import Timeline, build_dataset
+from serving.trainer.dataset import EventDataset, Timeline, build_dataset
 from serving.trainer.gate import run_gate, served_scores
 from serving.trainer.sources import SourcedEvent
 from serving.trainer.versions import ModelRepository, Version
@@ -103,14 +103,7 @@ def run_cycle(
     trainer = settings.trainer
     report = CycleReport()
     clock = time.monotonic()
-    dataset = build_dataset(
-        events,
-        frozenset(catalog.item_ids),
-        max_event_bytes=settings.worker.max_event_bytes,
-        now=time.time() if now is None else now,
-        max_future_skew_s=settings.worker.max_future_skew_s,
-        window_s=trainer.window_s,
-    )
+    dataset = event_dataset(settings, events, catalog, now)
     report.skipped = dict(dataset.skipped)
     report.events = len(dataset.events)
     report.users = len({e.user_id for e in dataset.events})
@@ -206,6 +199,24 @@ def run_cycle(
     repository.prune(trainer.keep_versions)
     report.verdict, report.version, report.model_version = "promoted", published.number, tag
     return report
+
+
+def event_dataset(
+    settings: Settings,
+    events: Iterable[SourcedEvent],
+    catalog: Catalog,
+    now: float | None = None,
+) -> EventDataset:
+    """The events a cycle learns from: checked with the worker's limits, for the catalog's
+    items, within the trainer's window."""
+    return build_dataset(
+        events,
+        frozenset(catalog.item_ids),
+        max_event_bytes=settings.worker.max_event_bytes,
+        now=time.time() if now is None else now,
+        max_future_skew_s=settings.worker.max_future_skew_s,
+        window_s=settings.trainer.window_s,
+    )
 
 
 def train_candidate(

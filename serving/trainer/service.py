@@ -15,16 +15,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import redis
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 from prometheus_client import start_http_server
 
 from serving.trainer import metrics
 from serving.trainer.catalog import read_catalog
 from serving.trainer.cycle import Corrupt, CycleReport, run_cycle
-from serving.trainer.sources import READ_GROUP, SourcedEvent, StartAt, read_file, read_topic
+from serving.trainer.sources import (
+    SourcedEvent,
+    StartAt,
+    assigned_consumer,
+    read_file,
+    read_topic,
+)
 from serving.trainer.triton_control import load_latest
 from serving.trainer.versions import ModelRepository, Version
-from stream_app.core.client_options import confluent_security, redis_options
+from stream_app.core.client_options import redis_options
 from stream_app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,9 +48,7 @@ class Trainer:
         corrupt: Corrupt | None = None,
     ) -> None:
         self.settings = settings
-        self.repository = ModelRepository(
-            Path(settings.triton.model_repository), settings.triton.recommender_model
-        )
+        self.repository = ModelRepository.of(settings.triton)
         self.file, self.start = file, start or StartAt()
         self.progress, self.corrupt = progress, corrupt
         self._redis = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
@@ -121,11 +125,7 @@ class _NewEvents:
 
     def __init__(self, settings: Settings) -> None:
         kafka = settings.kafka
-        self._consumer = Consumer(
-            {"bootstrap.servers": kafka.bootstrap, "group.id": READ_GROUP}
-            | confluent_security(kafka)
-            | {"enable.auto.commit": False}
-        )
+        self._consumer = assigned_consumer(kafka)
         topic = kafka.interactions_topic
         partitions = self._consumer.list_topics(topic, timeout=30).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])

@@ -75,12 +75,9 @@ def read_topic(
 ) -> Iterator[SourcedEvent]:
     """The messages of ``topic`` from ``start`` to where it ended when the read began,
     each partition in offset order."""
-    consumer = Consumer(
-        {"bootstrap.servers": kafka.bootstrap}
-        | confluent_security(kafka)
-        | {"group.id": READ_GROUP, "enable.auto.commit": False, "enable.partition.eof": True}
-        # An offset retention already deleted reads from the oldest message left.
-        | {"auto.offset.reset": "earliest"}
+    # An offset retention already deleted reads from the oldest message left.
+    consumer = assigned_consumer(
+        kafka, {"enable.partition.eof": True, "auto.offset.reset": "earliest"}
     )
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
@@ -127,6 +124,16 @@ def read_topic(
             sys.stderr.write(f"\rreading {topic}: {read:,} events\n")
     finally:
         consumer.close()
+
+
+def assigned_consumer(kafka: KafkaSettings, extra: dict | None = None) -> Consumer:
+    """A consumer for partitions assigned by hand: the trainer's group id (which
+    librdkafka wants), nothing ever committed."""
+    return Consumer(
+        {"bootstrap.servers": kafka.bootstrap, "group.id": READ_GROUP, "enable.auto.commit": False}
+        | confluent_security(kafka)
+        | (extra or {})
+    )
 
 
 def _start_offsets(

@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from stream_app.core.settings import TritonSettings
+
 STAGING_PREFIX = ".staging-"
 DELETING_PREFIX = ".deleting-"
 ZERO_SHOT_TAG = re.compile(r'key:\s*"zero_shot_version",\s*value:\s*\{\s*string_value:\s*"([^"]+)"')
@@ -60,6 +62,11 @@ class Version:
 class ModelRepository:
     def __init__(self, root: Path, model: str = "recommender") -> None:
         self.model_dir = Path(root) / model
+
+    @classmethod
+    def of(cls, triton: TritonSettings) -> ModelRepository:
+        """The recommender the settings name, in the repository they name."""
+        return cls(Path(triton.model_repository), triton.recommender_model)
 
     def versions(self) -> list[Version]:
         """Every complete version, oldest number first."""

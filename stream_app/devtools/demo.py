@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from serving.offline.data import load_movielens
-from serving.trainer.service import Trainer
 from stream_app.core.errors import StackError
 from stream_app.core.settings import Settings
 from stream_app.devtools.catalog_loader import load_catalog
@@ -141,6 +140,8 @@ def _show_learning(settings: Settings, planned) -> None:
     """One trainer cycle on the events the demo replayed (read back from the topic): the
     gate compares it with the served version, and once Triton loads it the worker's next
     messages name it in ``model_version``."""
+    from serving.trainer.service import Trainer  # PyTorch: only the demo's last step needs it
+
     users = list(dict.fromkeys(e.user_id for e in reversed(planned)))[:3]
 
     def ask(user: str) -> dict:

@@ -73,9 +73,7 @@ def with_trainer(settings, **changes):
 
 
 def repository(settings) -> ModelRepository:
-    return ModelRepository(
-        Path(settings.triton.model_repository), settings.triton.recommender_model
-    )
+    return ModelRepository.of(settings.triton)
 
 
 def random_targets(train: Sequences) -> Sequences:

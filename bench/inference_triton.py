@@ -25,7 +25,7 @@ from stream_app.core.settings import Settings
 from stream_app.devtools.devstack import DevStack, port_open
 from stream_app.devtools.redis_io import CatalogStore, redis_client
 from stream_app.devtools.stats import percentile
-from stream_app.worker.ports import HistoryRow
+from stream_app.worker.ports import HistoryRow, RankQuery
 from stream_app.worker.triton_client import TritonRecommender
 
 PORTS = {"http_port": 18000, "grpc_port": 18001, "metrics_port": 18002}
@@ -177,4 +177,4 @@ def embed_call(client: TritonRecommender, texts: list[str]) -> Callable[[], Awai
 
 
 def recommend_call(client: TritonRecommender, rows: list[HistoryRow]):
-    return lambda: client.recommend(rows, 10, 0.8)  # the served diversity
+    return lambda: client.recommend(rows, RankQuery(10, 0.8))  # the served diversity

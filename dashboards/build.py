@@ -21,11 +21,11 @@ class Row(str):
     """A row header in a dashboard's panel list: the panels after it are its own."""
 
 
-def quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
+def quantiles(metric: str, by: str = "", selector: str = "") -> list[tuple[str, str]]:
     """p50, p95 and p99 of a histogram (per ``by`` label when given)."""
     group = f"le{', ' + by if by else ''}"
     legend = f"{{{{{by}}}}} " if by else ""
-    buckets = f"sum by ({group}) (rate({metric}_bucket[{RATE}]))"
+    buckets = f"sum by ({group}) (rate({metric}_bucket{selector}[{RATE}]))"
     return [
         (f"histogram_quantile({q}, {buckets})", f"{legend}p{int(q * 100)}")
         for q in (0.5, 0.95, 0.99)
@@ -114,6 +114,153 @@ TRAINING = [
 
 # (dashboard uid, title, description, [Row(title) or (panel title, unit, [(expr, legend)],
 # description)])
+WINDOW = "1h"
+"""Arms are compared over the last hour's impressions (a rate interval holds too few)."""
+
+
+def by_arm(counter: str, selector: str = "", window: str = RATE) -> str:
+    return f"sum by (arm) (increase({counter}{selector}[{window}]))"
+
+
+def hit_rate_with_interval() -> list[tuple[str, str]]:
+    """Hits per impression by arm over WINDOW, and its 95% normal-approximation bounds."""
+    hits = by_arm("streamrec_quality_hits_total", window=WINDOW)
+    impressions = by_arm("streamrec_quality_interactions_total", window=WINDOW)
+    rate = f"({hits} / {impressions})"
+    half = f"1.96 * sqrt({rate} * (1 - {rate}) / {impressions})"
+    return [
+        (rate, "{{arm}}"),
+        (f"{rate} - {half}", "{{arm}} low"),
+        (f"{rate} + {half}", "{{arm}} high"),
+    ]
+
+
+def share_by_arm(part: str, whole: str) -> str:
+    return f"{part} / {whole}"
+
+
+EXPERIMENTS = [
+    (
+        "Hit rate by arm, with 95% interval (last hour)",
+        "percentunit",
+        hit_rate_with_interval(),
+        "Interactions with an item of the list the user was shown, per such interaction."
+        " Non-overlapping intervals hint at a difference; `streamrec experiment report`"
+        " tests it over the whole experiment.",
+    ),
+    (
+        "Hits per impression, by arm and position (last hour)",
+        "percentunit",
+        [
+            (
+                f"sum by (arm, position) (increase(streamrec_quality_hits_total[{WINDOW}]))"
+                " / ignoring(position) group_left"
+                f" {by_arm('streamrec_quality_interactions_total', window=WINDOW)}",
+                "{{arm}} {{position}}",
+            )
+        ],
+        "",
+    ),
+    (
+        "Lists published per second, by arm",
+        "ops",
+        [(f"sum by (arm) (rate(streamrec_recs_published_total[{RATE}]))", "{{arm}}")],
+        "The traffic split: each arm's share follows its weight.",
+    ),
+    (
+        "Configured arms (weight; 0 = shadow)",
+        "short",
+        [
+            (
+                "max by (experiment, arm, model_version) (streamrec_experiment_arm_weight)",
+                "{{experiment}}/{{arm}} v{{model_version}}",
+            )
+        ],
+        "",
+    ),
+    (
+        "Degraded share of lists, by arm",
+        "percentunit",
+        [
+            (
+                share_by_arm(
+                    by_arm("streamrec_recs_degraded_total"),
+                    by_arm("streamrec_recs_published_total"),
+                ),
+                "{{arm}}",
+            )
+        ],
+        "Lists from trending because the arm's model version was unavailable.",
+    ),
+    (
+        "Long-tail share of items shown, by arm",
+        "percentunit",
+        [
+            (
+                share_by_arm(
+                    by_arm("streamrec_recs_long_tail_items_total"),
+                    by_arm("streamrec_recs_items_total"),
+                ),
+                "{{arm}}",
+            )
+        ],
+        "Items that are not among the 100 trending now.",
+    ),
+    (
+        "Explored share of items shown, by arm",
+        "percentunit",
+        [
+            (
+                share_by_arm(
+                    by_arm("streamrec_recs_items_total", '{reason="explore"}'),
+                    by_arm("streamrec_recs_items_total"),
+                ),
+                "{{arm}}",
+            )
+        ],
+        "New items in exploration slots (at most STREAMREC_EXPLORATION__SHARE of a list).",
+    ),
+    (
+        "Hits per explored item shown, by arm (last hour)",
+        "percentunit",
+        [
+            (
+                share_by_arm(
+                    by_arm("streamrec_quality_hits_total", '{reason="explore"}', WINDOW),
+                    by_arm("streamrec_recs_items_total", '{reason="explore"}', WINDOW),
+                ),
+                "{{arm}}",
+            )
+        ],
+        "What the exploration bandit learns from, summed over items.",
+    ),
+    (
+        "Age of items shown, by arm",
+        "s",
+        quantiles("streamrec_recs_item_age_seconds", by="arm"),
+        "Time since the item entered the catalog; imported items have no age.",
+    ),
+    (
+        "Recommender latency, by arm",
+        "s",
+        quantiles("streamrec_triton_request_duration_seconds", "arm", '{model="recommender"}'),
+        "Shadow arms' requests are the extra inference cost of shadowing.",
+    ),
+    (
+        "Shadow overlap@k with the published list",
+        "percentunit",
+        [
+            (
+                f"sum by (arm) (rate(streamrec_experiment_shadow_overlap_ratio_sum[{RATE}]))"
+                f" / sum by (arm) (rate(streamrec_experiment_shadow_overlap_ratio_count[{RATE}]))",
+                "{{arm}}",
+            )
+        ],
+        "Share of a published list the shadow arm would also have shown (empty without one).",
+    ),
+]
+
+
 DASHBOARDS = [
     (
         "streamrec-overview",
@@ -387,6 +534,13 @@ DASHBOARDS = [
             ),
             *TRAINING,
         ],
+    ),
+    (
+        "streamrec-experiments",
+        "StreamRec / experiments",
+        "Arms side by side: hit rate with its interval, traffic split, what each arm shows"
+        " (long tail, new items, their age), degraded lists, latency, and shadow overlap.",
+        EXPERIMENTS,
     ),
 ]
 

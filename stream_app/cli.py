@@ -11,7 +11,12 @@ import time
 from pathlib import Path
 
 from serving.offline.commands import add_offline_commands
-from serving.trainer.commands import add_trainer_commands, model_command, trainer_command
+from serving.trainer.commands import (
+    add_trainer_commands,
+    experiment_command,
+    model_command,
+    trainer_command,
+)
 from stream_app.core import logs
 from stream_app.core.errors import ConfigError, StackError
 from stream_app.core.settings import Settings, load_settings
@@ -153,6 +158,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "trainer": trainer_command,
     "model": model_command,
+    "experiment": experiment_command,
     "bench": cmd_bench,
 }
 

@@ -67,6 +67,15 @@ class CatalogMatrix:
         return self._active[: self.size]
 
     @property
+    def added(self) -> np.ndarray:
+        """When each row's item entered the catalog (epoch seconds; 0: imported or unknown)."""
+        return self._added[: self.size]
+
+    def young_rows(self, since: float) -> np.ndarray:
+        """Active rows whose item entered the catalog after ``since`` (exploration)."""
+        return np.flatnonzero(self.active & (self.added > since))
+
+    @property
     def active_count(self) -> int:
         return int(self.active.sum())
 
@@ -81,7 +90,9 @@ class CatalogMatrix:
         build = self._build
         return build is None or build.done.wait(timeout_s)
 
-    def replace(self, item_ids: list[str], vectors: np.ndarray) -> None:
+    def replace(
+        self, item_ids: list[str], vectors: np.ndarray, added: np.ndarray | None = None
+    ) -> None:
         """Start over from a snapshot."""
         with self._lock:
             self.size = 0
@@ -92,22 +103,28 @@ class CatalogMatrix:
             self._text = np.empty((0, vectors.shape[1] if vectors.size else 0), dtype=np.float32)
             self._scoring = self._text
             self._active = np.empty(0, dtype=bool)
+            self._added = np.empty(0, dtype=np.float64)
             if item_ids:
-                self.upsert(item_ids, vectors)
+                self.upsert(item_ids, vectors, added)
 
-    def upsert(self, item_ids: list[str], vectors: np.ndarray) -> None:
-        """Add new items and overwrite known ones (which become active again)."""
+    def upsert(
+        self, item_ids: list[str], vectors: np.ndarray, added: np.ndarray | None = None
+    ) -> None:
+        """Add new items and overwrite known ones (which become active again); ``added``:
+        when each entered the catalog (default 0: not new)."""
         with self._lock:
-            self._upsert(item_ids, vectors)
+            self._upsert(item_ids, vectors, added)
 
-    def _upsert(self, item_ids: list[str], vectors: np.ndarray) -> None:
+    def _upsert(self, item_ids: list[str], vectors: np.ndarray, added: np.ndarray | None) -> None:
         if len(item_ids) != len(vectors):
             raise ValueError(f"{len(item_ids)} ids but {len(vectors)} vectors")
         if not item_ids:
             return
         latest = {item_id: row for row, item_id in enumerate(item_ids)}  # last one wins
+        picked = list(latest.values())
         item_ids = list(latest)
-        vectors = np.asarray(vectors, dtype=np.float32)[list(latest.values())]
+        vectors = np.asarray(vectors, dtype=np.float32)[picked]
+        added = np.zeros(len(item_ids)) if added is None else np.asarray(added, np.float64)[picked]
         # Everything that can fail comes before the first change to this matrix.
         scoring = self._transform(item_ids, vectors) if self._transform else vectors
         new_rows: dict[str, int] = {}
@@ -123,6 +140,7 @@ class CatalogMatrix:
         if self._transform:
             self._scoring[index] = scoring
         self._active[index] = True
+        self._added[index] = added
         self.size = needed
         if self._index is not None:
             self._index.upsert(index, scoring)
@@ -208,6 +226,7 @@ class CatalogMatrix:
         grown = max(rows, 2 * capacity, 1024)
         self._ids = _grow(self._ids, grown)
         self._active = _grow(self._active, grown)
+        self._added = _grow(self._added, grown)
         self._text = _grow(self._text, grown, text_dim)
         self._scoring = _grow(self._scoring, grown, scoring_dim) if self._transform else self._text
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
+import numpy as np
 import redis
 from redis.exceptions import RedisError
 
@@ -54,11 +55,13 @@ class CatalogTailer:
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(self.keys.version)
         pipe.hgetall(self.keys.vectors)
+        pipe.hgetall(self.keys.added)
         pipe.xrevrange(self.keys.log, count=1)
-        raw_version, blobs, last = pipe.execute()
+        raw_version, blobs, added, last = pipe.execute()
         ids = sorted(blobs)  # a stable row order makes results reproducible
+        vectors = stack_vectors([blobs[i] for i in ids])
         with self.lock:
-            self._matrix.replace([i.decode() for i in ids], stack_vectors([blobs[i] for i in ids]))
+            self._matrix.replace([i.decode() for i in ids], vectors, _times(added, ids))
         self.seq = int(raw_version or 0)
         self._last_id = last[0][0].decode() if last else "0-0"
         logger.info("catalog snapshot items=%d seq=%d", len(ids), self.seq)
@@ -91,15 +94,24 @@ class CatalogTailer:
         """Apply a run of changes; returns the upserts that made an item scorable."""
         latest = {c.item_id: c for c in changes}  # the last change of an item wins
         upserted = [c.item_id for c in latest.values() if c.op == "upsert"]
-        blobs = cast(
-            list[bytes | None], self._redis.hmget(self.keys.vectors, upserted) if upserted else []
-        )
+        blobs: list[bytes | None] = []
+        added: list[bytes | None] = []
+        if upserted:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hmget(self.keys.vectors, upserted)
+            pipe.hmget(self.keys.added, upserted)
+            blobs, added = pipe.execute()
         found = {i: b for i, b in zip(upserted, blobs) if b is not None}
+        added_at = dict(zip(upserted, added))
         # An item removed again after its upsert was logged has no vector any more.
         removed = [c.item_id for c in latest.values() if c.item_id not in found]
         with self.lock:
             if found:
-                self._matrix.upsert(list(found), stack_vectors(list(found.values())))
+                self._matrix.upsert(
+                    list(found),
+                    stack_vectors(list(found.values())),
+                    _times(added_at, list(found)),
+                )
             if removed:
                 self._matrix.remove(removed)
         return [latest[item_id] for item_id in found]
@@ -128,3 +140,8 @@ class CatalogTailer:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+
+
+def _times(added: Mapping, item_ids: list) -> np.ndarray:
+    """Added times of items, from the catalog's ``added`` hash (0 where absent)."""
+    return np.array([float(added.get(i) or 0) for i in item_ids], dtype=np.float64)

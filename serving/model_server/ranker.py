@@ -8,7 +8,8 @@
    (``ann_index``). Excluded items (the caller's policy: what the user bought, and
    what they clicked if so configured) and removed items never come back;
 3. the best ``candidates`` rows are re-ranked for diversity (MMR over BERT vectors);
-4. each chosen item gets the history item that explains it best (see ``_explain``).
+4. each chosen item gets the history item that explains it best (see ``_explain``);
+5. asked to, the new items that fit each history (``fresh_items``), for exploration.
 
 A history with no item the catalog knows gets nothing: the caller shows trending items.
 """
@@ -21,6 +22,7 @@ import numpy as np
 
 from serving.model_server.ann_index import AnnIndex
 from serving.model_server.catalog_matrix import CatalogMatrix
+from serving.model_server.fresh_items import Fresh, FreshQuery, fresh_items
 from serving.model_server.head_runtime import HeadRuntime
 from serving.model_server.scoring import history_weights, user_vectors
 from stream_app.core.policy import mmr, strongest_history
@@ -33,6 +35,7 @@ class Ranked:
     item_ids: np.ndarray  # (B, k) object (str)
     scores: np.ndarray  # (B, k) float32, -inf for padding
     because_ids: np.ndarray  # (B, k) object (str), "" where nothing explains the item
+    fresh: Fresh | None = None  # new items that fit, when asked for
 
 
 class Ranker:
@@ -48,6 +51,7 @@ class Ranker:
         k: int,
         diversity: float = 1.0,
         candidates: int = 50,
+        fresh: FreshQuery | None = None,
     ) -> Ranked:
         """``history_ids`` (B, L) oldest first, padded with empty ids; ``exclude_ids``
         (B, E) likewise; ``diversity`` is the MMR lambda (1.0 = by score alone)."""
@@ -55,8 +59,12 @@ class Ranker:
         history_ids = _as_text(history_ids)
         if catalog.active_count == 0 or history_ids.shape[1] == 0:
             shape = (len(history_ids), k)
+            nothing = np.full((len(history_ids), 0), -1)
             return Ranked(
-                np.full(shape, "", object), np.full(shape, -np.inf), np.full(shape, "", object)
+                np.full(shape, "", object),
+                np.full(shape, -np.inf),
+                np.full(shape, "", object),
+                fresh_items(catalog, history_ids, nothing, nothing, fresh) if fresh else None,
             )
         rows = catalog.rows(history_ids)
         weights = history_weights(rows, purchased)
@@ -80,10 +88,14 @@ class Ranker:
         )
         strongest = self._explain(rows, weights, chosen)
         because = np.take_along_axis(history_ids, np.clip(strongest, 0, None), 1)
+        learned = self.head.id_rows if self.head else ()
         return Ranked(
             item_ids=np.where(chosen >= 0, catalog.item_ids[np.clip(chosen, 0, None)], ""),
             scores=chosen_scores.astype(np.float32),
             because_ids=np.where((strongest >= 0) & (chosen >= 0), because, ""),
+            fresh=fresh_items(catalog, history_ids, rows, exclude, fresh, learned)
+            if fresh
+            else None,
         )
 
     def _explain(self, rows: np.ndarray, weights: np.ndarray, chosen: np.ndarray) -> np.ndarray:

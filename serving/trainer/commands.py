@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import time
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def add_trainer_commands(sub) -> None:
     promote = actions.add_parser("promote", help="serve VERSION again (as a new version)")
     promote.add_argument("version", type=int)
     actions.add_parser("rollback", help="serve the version that was live before this one")
+    experiment = sub.add_parser(
+        "experiment", help="the configured experiment: serve its arms' versions, compare arms"
+    )
+    steps = experiment.add_subparsers(dest="action", required=True)
+    steps.add_parser("apply", help="have Triton serve every version the arms name")
+    report = steps.add_parser("report", help="the arms side by side, with a significance test")
+    report.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    report.add_argument("--json", action="store_true", help="figures as JSON")
 
 
 def trainer_command(settings: Settings, args: argparse.Namespace) -> None:
@@ -50,11 +59,10 @@ def trainer_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def model_command(settings: Settings, args: argparse.Namespace) -> None:
-    from serving.trainer.triton_control import load_latest
+    from serving.trainer.triton_control import load_served
     from serving.trainer.versions import ModelRepository
 
-    triton = settings.triton
-    repository = ModelRepository.of(triton)
+    repository = ModelRepository.of(settings.triton)
     if args.action == "list":
         print(versions_table(repository))
         return
@@ -62,7 +70,7 @@ def model_command(settings: Settings, args: argparse.Namespace) -> None:
         repository.promote(args.version) if args.action == "promote" else repository.rollback()
     )
     try:
-        seconds = load_latest(triton.url, triton.recommender_model, version.number)
+        seconds = load_served(settings, version.number)
     except Exception:
         repository.remove(version)  # Triton keeps serving what it served
         raise
@@ -71,6 +79,30 @@ def model_command(settings: Settings, args: argparse.Namespace) -> None:
         f"version {version.number} ({version.model_version}, a copy of version {origin}) is"
         f" live: Triton loaded it in {seconds:.1f} s"
     )
+
+
+def experiment_command(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.trainer.experiments import apply_experiment, read_arms
+    from stream_app.core.client_options import redis_options
+    from stream_app.core.experiment_report import arm_summary, compare, render
+
+    if args.action == "apply":
+        versions, seconds = apply_experiment(settings)
+        print(f"Triton serves recommender versions {versions} (loaded in {seconds:.1f} s)")
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+    arms, catalog_size = read_arms(client, settings)
+    if not args.json:
+        print(render(settings.experiment.name, arms, catalog_size, args.alpha))
+        return
+    figures = {
+        "experiment": settings.experiment.name,
+        "arms": [arm_summary(a, catalog_size) for a in arms],
+        "comparisons": [vars(c) for c in compare(arms, args.alpha)],
+    }
+    print(json.dumps(figures, indent=2))
 
 
 def versions_table(repository) -> str:

@@ -35,6 +35,7 @@ from serving.trainer.dataset import EventDataset, Timeline, build_dataset
 from serving.trainer.gate import run_gate, served_scores
 from serving.trainer.sources import SourcedEvent
 from serving.trainer.versions import ModelRepository, Version
+from stream_app.core.experiments import Experiment
 from stream_app.core.settings import Settings, TrainerSettings
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def run_cycle(
             # live() agrees with what Triton serves.
             repository.remove(published)
             raise
-    repository.prune(trainer.keep_versions)
+    repository.prune(trainer.keep_versions, Experiment.of(settings.experiment).pinned_versions())
     report.verdict, report.version, report.model_version = "promoted", published.number, tag
     return report
 

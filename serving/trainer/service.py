@@ -28,7 +28,7 @@ from serving.trainer.sources import (
     read_file,
     read_topic,
 )
-from serving.trainer.triton_control import load_latest
+from serving.trainer.triton_control import load_served
 from serving.trainer.versions import ModelRepository, Version
 from stream_app.core.client_options import redis_options
 from stream_app.core.settings import Settings
@@ -66,8 +66,7 @@ class Trainer:
         return read_topic(kafka, kafka.interactions_topic, start, progress=self.progress)
 
     def load(self, version: Version) -> float:
-        triton = self.settings.triton
-        return load_latest(triton.url, triton.recommender_model, version.number)
+        return load_served(self.settings, version.number)
 
     def cycle(self, full: bool | None = None) -> CycleReport:
         """One cycle: a full retrain after ``full_retrain_every - 1`` warm-started

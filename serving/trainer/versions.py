@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,11 +171,11 @@ class ModelRepository:
         os.rename(version.path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def prune(self, keep: int) -> list[int]:
-        """Delete trained versions beyond the newest ``keep`` (never version 1 or the live
-        one); returns the numbers deleted."""
+    def prune(self, keep: int, pinned: Collection[int] = ()) -> list[int]:
+        """Delete trained versions beyond the newest ``keep`` (never version 1, the live
+        one or a ``pinned`` one: an experiment arm serves it); returns the numbers deleted."""
         with self.lock():
-            trained = [v for v in self.versions() if v.number != 1]
+            trained = [v for v in self.versions() if v.number != 1 and v.number not in pinned]
             doomed = trained[:-keep] if len(trained) > keep else []
             for version in doomed:
                 self.remove(version)

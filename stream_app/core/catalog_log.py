@@ -26,18 +26,21 @@ VECTOR_DTYPE = np.dtype("<f4")
 LOG_MAX_ENTRIES = 100_000
 """Approximate length the log is trimmed to; a reader further behind reloads a snapshot."""
 
-# KEYS: meta, vectors, version, log. ARGV: max log length, then per change
-# (op, item_id, ts, meta JSON or "", vector bytes or ""). Returns the last sequence number.
+# KEYS: meta, vectors, version, log, added. ARGV: max log length, then per change
+# (op, item_id, ts, added ts, meta JSON or "", vector bytes or ""). Returns the last
+# sequence number. An item keeps its first added time until it is removed.
 WRITE_LUA = """
 local seq = 0
-for i = 2, #ARGV, 5 do
-  local op, item, ts, meta, vector = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+for i = 2, #ARGV, 6 do
+  local op, item, ts, added = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if op == 'upsert' then
-    redis.call('HSET', KEYS[1], item, meta)
-    redis.call('HSET', KEYS[2], item, vector)
+    redis.call('HSET', KEYS[1], item, ARGV[i + 4])
+    redis.call('HSET', KEYS[2], item, ARGV[i + 5])
+    redis.call('HSETNX', KEYS[5], item, added)
   else
     redis.call('HDEL', KEYS[1], item)
     redis.call('HDEL', KEYS[2], item)
+    redis.call('HDEL', KEYS[5], item)
   end
   seq = redis.call('INCR', KEYS[3])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*',
@@ -52,9 +55,12 @@ def change_args(
     vectors: np.ndarray | None,
     removals: Sequence[str],
     event_ts: Mapping[str, float] | None = None,
+    backfill: bool = False,
 ) -> list[str | bytes | int]:
     """WRITE_LUA's ARGV for a batch of changes; ``event_ts`` (item -> when the change
-    entered Kafka) defaults to now and feeds the freshness metric."""
+    entered Kafka) defaults to now and feeds the freshness metric. An item's added time
+    (its age: exploration shows young items) is its first upsert's ``event_ts``; a
+    ``backfill`` (importing the existing catalog) stamps it 0, so nothing imported is new."""
     if upserts and (vectors is None or len(upserts) != len(vectors)):
         raise ValueError(
             f"{len(upserts)} items but {0 if vectors is None else len(vectors)} vectors"
@@ -65,9 +71,10 @@ def change_args(
     for item, vector in zip(upserts, vectors if vectors is not None else []):
         meta = json.dumps({"title": item.title, "text": item.text, "tags": list(item.tags)})
         blob = np.asarray(vector, VECTOR_DTYPE).tobytes()
-        args += ["upsert", item.item_id, repr(stamp(item.item_id, now)), meta, blob]
+        ts = repr(stamp(item.item_id, now))
+        args += ["upsert", item.item_id, ts, "0" if backfill else ts, meta, blob]
     for item_id in removals:
-        args += ["remove", item_id, repr(stamp(item_id, now)), "", ""]
+        args += ["remove", item_id, repr(stamp(item_id, now)), "", "", ""]
     return args
 
 

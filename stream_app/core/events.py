@@ -81,9 +81,10 @@ class ItemUpsert:
     available: bool = True
 
 
-REASONS = ("personal", "trending", "fallback")
+REASONS = ("personal", "trending", "fallback", "explore")
 """Why an item is in a list: ranked from the user's history; popular now for a user with
-no usable history; popular now, filling a personal list that came back short."""
+no usable history; popular now, filling a personal list that came back short; a new item
+whose text fits the user's recent history, in an exploration slot."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Recommendations:
     event_ts: float
     generated_at: float
     degraded: bool = False  # the model was unavailable: trending items stood in
+    experiment: str = "none"  # the experiment the user is in
+    arm: str = "default"  # the user's arm of it (what ranked the list)
 
     def to_json(self, with_caller_ids: bool = True) -> bytes:
         """The output message. The copy kept in Redis leaves out the ids the caller chose

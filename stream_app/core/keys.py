@@ -13,9 +13,13 @@ Cluster slot:
     <prefix>{catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector)
     <prefix>{catalog}:version  integer: the sequence number of the newest log entry
     <prefix>{catalog}:log      stream of changes (see ``catalog_log``)
+    <prefix>{catalog}:added    hash item_id -> when it entered the catalog (0: imported)
     <prefix>{trending}:items   sorted set item_id -> time-decayed score
     <prefix>{trending}:ref     the reference time of the trending weights
     <prefix>{coverage}:<n>     HyperLogLog of the items recommended in time bucket n
+    <prefix>{experiment}:<name>:counts       hash "<arm>|<counter>" -> count (the report)
+    <prefix>{experiment}:<name>:<arm>:items  HyperLogLog of the items an arm showed
+    <prefix>explore:{<item>}   hash shown, hits: the exploration bandit's counts of a new item
 
 ``<user>`` is always the pseudonym (``privacy.Pseudonymiser``), never the id a caller sent.
 """
@@ -71,9 +75,13 @@ class CatalogKeys:
     def log(self) -> str:
         return self._key("log")
 
+    @property
+    def added(self) -> str:
+        return self._key("added")
+
     def all(self) -> list[str]:
         """In the order the catalog write script takes them."""
-        return [self.meta, self.vectors, self.version, self.log]
+        return [self.meta, self.vectors, self.version, self.log, self.added]
 
 
 @dataclass(frozen=True)
@@ -90,3 +98,22 @@ class PopularityKeys:
 
     def coverage(self, bucket: int) -> str:
         return f"{self.prefix}{{coverage}}:{bucket}"
+
+
+@dataclass(frozen=True)
+class ExperimentKeys:
+    """An experiment's counters (what ``streamrec experiment report`` reads) and the
+    exploration bandit's per-item impressions and hits."""
+
+    prefix: str
+    experiment: str
+
+    @property
+    def counts(self) -> str:
+        return f"{self.prefix}{{experiment}}:{self.experiment}:counts"
+
+    def items(self, arm: str) -> str:
+        return f"{self.prefix}{{experiment}}:{self.experiment}:{arm}:items"
+
+    def explored(self, item_id: str) -> str:
+        return f"{self.prefix}explore:{{{item_id}}}"

@@ -162,22 +162,28 @@ def assemble(
     titles: Mapping[str, str],
     purchased_in_history: Collection[str] = (),
     degraded: bool = False,
+    explored: Sequence[Candidate] = (),
 ) -> tuple[RecommendedItem, ...]:
     """The final list: at most k items, no repeats, nothing from ``excluded``.
 
-    Personal candidates come first, in their order. A user with no personal item left
-    gets ``trending`` items; a personal list that came back short is topped up from
-    ``trending`` as "fallback", so the reason tells which case the user is in.
+    Personal candidates come first, in their order, then the ``explored`` new items
+    (exploration slots: they take the places of the last personal ones). A user with no
+    personal item left gets ``trending`` items; a personal list that came back short is
+    topped up from ``trending`` as "fallback", so the reason tells which case the user
+    is in.
     """
     taken = set(excluded)  # grows with every item placed, which also drops repeats
+    new = [c for c in explored if c.item_id not in taken][:k]
+    taken.update(c.item_id for c in new)
     chosen: list[RecommendedItem] = []
     for candidate in personal:
-        if len(chosen) >= k:
+        if len(chosen) >= k - len(new):
             break
         if candidate.item_id in taken:
             continue
         taken.add(candidate.item_id)
         chosen.append(_personal_item(candidate, titles, purchased_in_history))
+    chosen += [_explored_item(c, titles) for c in new]
 
     # Degraded (no model answer): trending stands in for a list that should be personal.
     fill_reason = "fallback" if chosen or degraded else "trending"
@@ -208,6 +214,17 @@ def _personal_item(
     )
 
 
+def _explored_item(candidate: Candidate, titles: Mapping[str, str]) -> RecommendedItem:
+    because = candidate.because_item_id
+    return RecommendedItem(
+        item_id=candidate.item_id,
+        score=_round(candidate.score),
+        reason="explore",
+        explanation=explanation("explore", titles.get(because) if because else None),
+        because_item_id=because,
+    )
+
+
 def _round(score: float) -> float:
     # float(): numpy scalars would not serialise to JSON.
     return round(float(score), SCORE_DECIMALS)
@@ -216,8 +233,8 @@ def _round(score: float) -> float:
 def explanation(reason: str, because_title: str | None, purchased: bool = False) -> str:
     """A short, human-readable reason for showing an item.
 
-    Only personal items name a history item; a missing or blank title falls back to a
-    generic text rather than showing an id to the user.
+    Personal and explored (new) items name a history item; a missing or blank title
+    falls back to a generic text rather than showing an id to the user.
     """
     if reason not in REASONS:
         raise ValueError(f"reason must be one of {REASONS}, got {reason!r}")
@@ -226,9 +243,11 @@ def explanation(reason: str, because_title: str | None, purchased: bool = False)
     if reason == "fallback":
         return "popular right now"
     title = (because_title or "").strip()
-    if not title:
-        return "recommended for you"
     if len(title) > EXPLANATION_TITLE_CHARS:
         title = title[: EXPLANATION_TITLE_CHARS - 1] + "…"
+    if reason == "explore":
+        return f"new, and like {title}" if title else "new, and like what you watched"
+    if not title:
+        return "recommended for you"
     verb = "bought" if purchased else "watched"
     return f"because you {verb} {title}"

@@ -31,11 +31,25 @@ def position_bucket(position: int) -> str:
     return "11+"
 
 
+@dataclass(frozen=True)
+class ShownList:
+    arm: str  # the experiment arm that made the list
+    items: list[tuple[str, str]]  # (item_id, reason), in list order
+
+
+def shown_list(stored_list: bytes | None) -> ShownList:
+    """What a stored recommendations message showed (lists from before experiments
+    existed count for the default arm)."""
+    if not stored_list:
+        return ShownList("default", [])
+    body = json.loads(stored_list)
+    items = [(i["item_id"], i.get("reason", "personal")) for i in body["items"]]
+    return ShownList(body.get("arm", "default"), items)
+
+
 def shown_items(stored_list: bytes | None) -> list[tuple[str, str]]:
     """(item_id, reason) of a stored recommendations message, in list order."""
-    if not stored_list:
-        return []
-    return [(i["item_id"], i.get("reason", "personal")) for i in json.loads(stored_list)["items"]]
+    return shown_list(stored_list).items
 
 
 def hit(item_id: str, shown: list[tuple[str, str]]) -> Hit | None:

@@ -8,6 +8,7 @@ Unknown fields are rejected so a typo fails at start-up with the setting's name:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -235,6 +236,88 @@ class PrivacySettings(_Group):
         return _secret_from_file(data, "user_id_key")
 
 
+ARM_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+MAX_ARMS = 8
+"""Arms are a metric label: the set stays small."""
+
+
+class ArmSettings(_Group):
+    name: str = Field(pattern=ARM_NAME_PATTERN)
+    """The arm's name, in every message (``arm``) and metric label."""
+    model_version: str = Field("live", pattern=r"^(live|[1-9][0-9]*)$")
+    """The recommender version this arm's users are ranked by: a version number, or live
+    (the newest Triton serves)."""
+    weight: float = Field(1.0, ge=0)
+    """The arm's share of users, relative to the other published arms' weights."""
+    shadow: bool = False
+    """Score and compare with the published list, never publish."""
+    sample: float = Field(1.0, gt=0, le=1)
+    """A shadow arm scores this share of users (of every published arm)."""
+    diversity: float | None = Field(None, ge=0, le=1)
+    """Overrides policy.diversity for this arm's users."""
+    explore_share: float | None = Field(None, ge=0, le=0.5)
+    """Overrides exploration.share for this arm's users."""
+
+
+class ExperimentSettings(_Group):
+    name: str = Field("none", pattern=ARM_NAME_PATTERN)
+    """The experiment's name, in every message (``experiment``)."""
+    arms: tuple[ArmSettings, ...] = ()
+    """The arms, as JSON: ``[{"name": "control", "weight": 50}, {"name": "new",
+    "model_version": "3", "weight": 50}]``; none: everyone is in one live arm, default."""
+    salt: str = ""
+    """Key of the assignment hash (default: the experiment's name); a new salt reshuffles
+    every user."""
+    file: str | None = None
+    """A JSON file with name, arms and salt (a mounted ConfigMap), instead of the above."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: object) -> object:
+        if not isinstance(data, dict) or not data.get("file"):
+            return data
+        path = data["file"]
+        try:
+            loaded = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ValueError(f"file: cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"file: {path} is not JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"file: {path} must hold a JSON object")
+        return data | loaded
+
+    @model_validator(mode="after")
+    def _sound_arms(self) -> ExperimentSettings:
+        names = [a.name for a in self.arms]
+        if len(names) != len(set(names)):
+            raise ValueError("arm names must be unique")
+        if len(names) > MAX_ARMS:
+            raise ValueError(f"at most {MAX_ARMS} arms")
+        if self.arms and sum(a.weight for a in self.arms if not a.shadow) <= 0:
+            raise ValueError("the published (non-shadow) arms need a positive total weight")
+        return self
+
+
+class ExplorationSettings(_Group):
+    share: float = Field(0.1, ge=0, le=0.5)
+    """Share of each list's slots that may go to a new item (0.1: one slot of ten; 0: off)."""
+    max_age_s: float = Field(3 * 24 * 3600.0, gt=0)
+    """Items younger than this, with no learned id in the served model, are explored."""
+    min_similarity: float = Field(0.6, ge=-1, le=1)
+    """A new item is offered to a user only if its text is at least this similar (cosine,
+    served encoder) to one of the user's recent items."""
+    recent_items: int = Field(10, ge=1, le=100)
+    """How many of the user's newest history items the similarity looks at."""
+    candidates: int = Field(5, ge=1, le=50)
+    """New items per user the model server offers the bandit."""
+    min_hit_rate: float = Field(0.02, gt=0, lt=1)
+    """A new item is shown while a draw from its Beta(1 + hits, 1 + misses) beats this rate:
+    one users click keeps its exposure, one nobody clicks fades after ~1/rate showings."""
+    stats_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    """Impressions and hits of an explored item expire this long after its last change."""
+
+
 class TrainerSettings(_Group):
     interval_s: float = Field(3600.0, gt=0)
     """Seconds between training cycles of ``streamrec trainer``."""
@@ -285,6 +368,8 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     privacy: PrivacySettings = PrivacySettings()
     trainer: TrainerSettings = TrainerSettings()
+    experiment: ExperimentSettings = ExperimentSettings()
+    exploration: ExplorationSettings = ExplorationSettings()
     log_level: str = "INFO"
     """Level of the streamrec logger."""
 

@@ -40,7 +40,7 @@ async def _embed_and_store(settings: Settings, store: CatalogStore, items: list[
         for start in range(0, len(items), EMBED_BATCH * 4):
             chunk = items[start : start + EMBED_BATCH * 4]
             vectors = await triton.embed([i.text for i in chunk])
-            store.upsert(chunk, vectors)
+            store.upsert(chunk, vectors, backfill=True)
             done = start + len(chunk)
             sys.stderr.write(f"\rcatalog: encoded {done}/{len(items)} items through Triton")
         sys.stderr.write("\n")

@@ -29,9 +29,11 @@ class CatalogStore:
         self.keys = CatalogKeys(prefix)
         self._write = client.register_script(WRITE_LUA)
 
-    def upsert(self, items: list[ItemUpsert], vectors: np.ndarray) -> int:
-        """Store items with their vectors and log them; returns the new version."""
-        return int(self._write(keys=self.keys.all(), args=change_args(items, vectors, [])))
+    def upsert(self, items: list[ItemUpsert], vectors: np.ndarray, backfill: bool = False) -> int:
+        """Store items with their vectors and log them; returns the new version.
+        ``backfill``: the existing catalog, imported: none of it counts as new."""
+        args = change_args(items, vectors, [], backfill=backfill)
+        return int(self._write(keys=self.keys.all(), args=args))
 
     def remove(self, item_ids: list[str]) -> int:
         return int(self._write(keys=self.keys.all(), args=change_args([], None, item_ids)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -14,13 +15,15 @@ from stream_app.devtools.devstack import ManagedProcess, http_ok
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that reproduce ``settings`` in a child process."""
     env: dict[str, str] = {}
-    for group in ("kafka", "redis", "triton", "worker", "policy", "privacy", "trainer"):
+    groups = [name for name in Settings.model_fields if name != "log_level"]
+    for group in groups:
         for name, value in getattr(settings, group).model_dump().items():
             if value is None:
                 continue
             if hasattr(value, "get_secret_value"):
                 value = value.get_secret_value()
-            env[f"STREAMREC_{group.upper()}__{name.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+            env[f"STREAMREC_{group.upper()}__{name.upper()}"] = text
     env["STREAMREC_LOG_LEVEL"] = settings.log_level
     return env
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import cast
 
 import faust
 
 from stream_app.core.errors import DependencyError, RedisUnavailable
+from stream_app.core.experiments import Experiment
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import DEVELOPMENT_USER_ID_KEY, Settings
 from stream_app.worker import metrics, web
 from stream_app.worker.catalog import RedisCatalog
 from stream_app.worker.connections import faust_credentials, redis_client
+from stream_app.worker.experiment_store import RedisExperimentStore
 from stream_app.worker.faust_internals import App, GracefulWorker, committed_offsets
 from stream_app.worker.history import RedisHistory
 from stream_app.worker.popularity import RedisPopularity
@@ -96,6 +99,11 @@ def create_app(settings: Settings) -> faust.App:
         settings.triton.timeout_s,
     )
     catalog = RedisCatalog(client, settings.redis.key_prefix)
+    experiment = Experiment.of(settings.experiment)
+    metrics.declare_arms(experiment)
+    experiments = RedisExperimentStore(
+        client, settings.redis.key_prefix, experiment.name, settings.exploration.stats_ttl_s
+    )
     pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
     if settings.privacy.user_id_key.get_secret_value() == DEVELOPMENT_USER_ID_KEY:
         logger.warning(
@@ -131,7 +139,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
-        await _check(recommender)
+        await _check(recommender, experiment.pinned_versions())
         processor = InteractionProcessor(
             settings,
             history,
@@ -139,6 +147,7 @@ def create_app(settings: Settings) -> faust.App:
             catalog,
             popularity,
             FaustPublisher(recommendations, interactions_dlq, worker.max_event_bytes),
+            experiments,
         )
         await consume(stream, processor)
 
@@ -193,11 +202,12 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def _check(recommender: TritonRecommender) -> None:
-    """Say at start-up whether Triton is there; never wait for it: while it is away the
-    breaker degrades lists to trending and item upserts are retried."""
+async def _check(recommender: TritonRecommender, versions: Sequence[int] = ()) -> None:
+    """Say at start-up whether Triton is there (with the versions the experiment's arms
+    name); never wait for it: while it is away the breaker degrades lists to trending and
+    item upserts are retried."""
     try:
-        await recommender.connect()
+        await recommender.connect(versions)
     except DependencyError as exc:
         logger.warning('Triton not ready at start-up error="%s": lists degraded until it is', exc)
 

@@ -66,3 +66,16 @@ class RedisCatalog(Catalog):
             except RedisError as exc:
                 raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
         return {i: t for i, t in zip(item_ids, meta_fields(raw, "title")) if t is not None}
+
+    async def added(self, item_ids: Sequence[str]) -> dict[str, float]:
+        """When each item entered the catalog (0: imported with it, or unknown)."""
+        if not item_ids:
+            return {}
+        with track_redis("added"):
+            try:
+                raw = cast(
+                    list[bytes | None], await self._redis.hmget(self.keys.added, list(item_ids))
+                )
+            except RedisError as exc:
+                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        return {i: float(ts or 0) for i, ts in zip(item_ids, raw)}

@@ -1,9 +1,10 @@
 """Every StreamRec Prometheus metric, defined once, with small track_* helpers.
 
 Names follow ``streamrec_<subsystem>_<noun>_<unit>``; labels come from small fixed sets
-(``topic``, ``type``, ``reason``, ``model``, ``outcome``, ``operation``, ``position``),
-never a user or item id. The catalog freshness histogram lives in the Triton recommender
-(Triton's metrics port), where items become scorable.
+(``topic``, ``type``, ``reason``, ``model``, ``outcome``, ``operation``, ``position``,
+``arm``: at most 8 arms, checked in the settings), never a user or item id. The catalog
+freshness histogram lives in the Triton recommender (Triton's metrics port), where items
+become scorable.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from stream_app.core.events import REASONS
+from stream_app.core.experiments import Experiment
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -63,30 +65,36 @@ BATCH_DURATION = Histogram(
 END_TO_END_LATENCY = Histogram(
     "streamrec_recs_end_to_end_latency_seconds",
     "From the triggering event entering Kafka (its message timestamp) to its recommendations"
-    " being published.",
+    " being published, by experiment arm.",
+    ["arm"],
     buckets=LATENCY_BUCKETS + (30, 60),
     registry=REGISTRY,
 )
 RECOMMENDATIONS_PUBLISHED = Counter(
     "streamrec_recs_published_total",
-    "Recommendation lists published to the output topic.",
+    "Recommendation lists published to the output topic, by experiment arm.",
+    ["arm"],
     registry=REGISTRY,
 )
 RECOMMENDED_ITEMS = Counter(
     "streamrec_recs_items_total",
-    "Items in published recommendation lists, by reason (personal, trending, fallback).",
-    ["reason"],
+    "Items in published recommendation lists, by reason (personal, trending, fallback,"
+    " explore) and experiment arm.",
+    ["reason", "arm"],
     registry=REGISTRY,
 )
 QUALITY_INTERACTIONS = Counter(
     "streamrec_quality_interactions_total",
-    "First-time interactions of users who had a recommendation list (hit-rate denominator).",
+    "First-time interactions of users who had a recommendation list (hit-rate denominator),"
+    " by the arm of that list.",
+    ["arm"],
     registry=REGISTRY,
 )
 QUALITY_HITS = Counter(
     "streamrec_quality_hits_total",
-    "Interactions with an item of the user's previous list, by its position and reason.",
-    ["position", "reason"],
+    "Interactions with an item of the user's previous list, by its position, reason and the"
+    " list's experiment arm.",
+    ["position", "reason", "arm"],
     registry=REGISTRY,
 )
 COVERAGE_RATIO = Gauge(
@@ -101,7 +109,8 @@ COVERAGE_ITEMS = Gauge(
 )
 DEGRADED_LISTS = Counter(
     "streamrec_recs_degraded_total",
-    "Lists published from trending because the recommender was unavailable.",
+    "Lists published from trending because the recommender was unavailable, by arm.",
+    ["arm"],
     registry=REGISTRY,
 )
 BREAKER_OPEN = Gauge(
@@ -111,9 +120,45 @@ BREAKER_OPEN = Gauge(
 )
 TRITON_LATENCY = Histogram(
     "streamrec_triton_request_duration_seconds",
-    "Triton inference request latency, by model and outcome.",
-    ["model", "outcome"],
+    "Triton inference request latency, by model, outcome and experiment arm (recommender;"
+    " empty for the embedder).",
+    ["model", "outcome", "arm"],
     buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SHOWN_ITEM_AGE = Histogram(
+    "streamrec_recs_item_age_seconds",
+    "Age (time since it entered the catalog) of items in published lists, by arm; items"
+    " imported with the catalog have no age and are left out.",
+    ["arm"],
+    buckets=(60, 600, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400, 365 * 86400),
+    registry=REGISTRY,
+)
+LONG_TAIL_ITEMS = Counter(
+    "streamrec_recs_long_tail_items_total",
+    "Items in published lists that are not among the 100 trending now, by arm.",
+    ["arm"],
+    registry=REGISTRY,
+)
+SHADOW_LISTS = Counter(
+    "streamrec_experiment_shadow_lists_total",
+    "Lists a shadow arm ranked (never published), by shadow arm.",
+    ["arm"],
+    registry=REGISTRY,
+)
+SHADOW_OVERLAP = Histogram(
+    "streamrec_experiment_shadow_overlap_ratio",
+    "Share of a published list's items that the shadow arm also ranked in its top k"
+    " (overlap@k), by shadow arm.",
+    ["arm"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    registry=REGISTRY,
+)
+ARM_INFO = Gauge(
+    "streamrec_experiment_arm_weight",
+    "Each configured arm's weight (0 for shadow arms), with its experiment, model version"
+    " and whether it is a shadow.",
+    ["experiment", "arm", "model_version", "shadow"],
     registry=REGISTRY,
 )
 HISTORY_LENGTH = Histogram(
@@ -147,8 +192,30 @@ ERRORS = Counter(
 # a rate of zero rather than no data.
 for _component in ("redis", "triton"):
     ERRORS.labels(component=_component)
-for _reason in REASONS:
-    RECOMMENDED_ITEMS.labels(reason=_reason)
+
+
+def declare_arms(experiment: Experiment) -> None:
+    """Series of every arm exist from the start (at 0), like the known label values above."""
+    ARM_INFO.clear()
+    for arm in experiment.arms:
+        weight = 0.0 if arm.shadow else arm.weight
+        ARM_INFO.labels(experiment.name, arm.name, arm.model_version, str(arm.shadow).lower()).set(
+            weight
+        )
+        if arm.shadow:
+            SHADOW_LISTS.labels(arm=arm.name)
+            SHADOW_OVERLAP.labels(arm=arm.name)
+            continue
+        for reason in REASONS:
+            RECOMMENDED_ITEMS.labels(reason=reason, arm=arm.name)
+        for metric in (
+            RECOMMENDATIONS_PUBLISHED,
+            QUALITY_INTERACTIONS,
+            DEGRADED_LISTS,
+            LONG_TAIL_ITEMS,
+            SHOWN_ITEM_AGE,
+        ):
+            metric.labels(arm=arm.name)
 
 
 @contextmanager
@@ -167,8 +234,8 @@ def track_redis(operation: str):
     return track_latency(REDIS_LATENCY, operation=operation)
 
 
-def track_triton(model: str):
-    return track_latency(TRITON_LATENCY, model=model)
+def track_triton(model: str, arm: str = ""):
+    return track_latency(TRITON_LATENCY, model=model, arm=arm)
 
 
 def exposition() -> bytes:

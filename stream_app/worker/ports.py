@@ -1,21 +1,24 @@
 """What the stream processors need from the outside world, and the values they exchange.
 
 ``processors.py`` depends on these Protocols only. The real adapters implement them
-(Redis: ``history.RedisHistory``, ``catalog.RedisCatalog``, ``popularity.RedisPopularity``;
-Triton: ``triton_client.TritonRecommender``; Kafka: ``publisher.FaustPublisher``), and so
-do the in-memory doubles of ``testing.py`` that the unit tests run the processors on.
+(Redis: ``history.RedisHistory``, ``catalog.RedisCatalog``, ``popularity.RedisPopularity``,
+``experiment_store.RedisExperimentStore``; Triton: ``triton_client.TritonRecommender``;
+Kafka: ``publisher.FaustPublisher``), and so do the in-memory doubles of ``testing.py``
+that the unit tests run the processors on.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from stream_app.core.errors import InvalidEvent
 from stream_app.core.events import Interaction, ItemUpsert, Recommendations
+from stream_app.core.exploration import ItemStats
 from stream_app.core.policy import Candidate
 
 
@@ -66,12 +69,35 @@ class HistoryRow:
 
 
 @dataclass(frozen=True)
+class FreshQuery:
+    """Ask the recommender also for the new items whose text fits each history."""
+
+    max_age_s: float  # items younger than this are new
+    min_similarity: float
+    recent: int  # newest history items compared
+    count: int  # candidates per history
+
+
+@dataclass(frozen=True)
+class RankQuery:
+    """What one recommender request asks: for one experiment arm's users of a batch."""
+
+    k: int
+    diversity: float = 1.0
+    version: str = ""  # a recommender version; "": the newest Triton serves
+    arm: str = ""  # for the latency metric
+    fresh: FreshQuery | None = None
+
+
+@dataclass(frozen=True)
 class Ranking:
     """Top-k candidates (best first), one list per history row, and the model that made
-    them. An empty list means the history holds no item the catalog knows."""
+    them. An empty list means the history holds no item the catalog knows. ``fresh``
+    (when asked for): the new items that fit each history, best fit first."""
 
     lists: list[list[Candidate]]
     model_version: str
+    fresh: list[list[Candidate]] | None = None
 
 
 class History(Protocol):
@@ -102,9 +128,31 @@ class Catalog(Protocol):
 
     async def known(self, item_ids: Sequence[str]) -> set[str]: ...
 
+    async def added(self, item_ids: Sequence[str]) -> dict[str, float]:
+        """When each item entered the catalog (0: imported with the catalog, or unknown)."""
+        ...
+
     async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         """Title of each known item; unknown items are left out."""
         ...
+
+
+@dataclass
+class Tally:
+    """What one batch adds to the experiment's counters and the exploration bandit."""
+
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (arm, counter)
+    shown: dict[str, set[str]] = field(default_factory=dict)  # arm -> items it showed
+    explore_shown: Counter[str] = field(default_factory=Counter)  # item -> lists
+    explore_hits: Counter[str] = field(default_factory=Counter)  # item -> hits
+
+
+class ExperimentStore(Protocol):
+    """The experiment's counters and the bandit's impressions and hits per new item."""
+
+    async def item_stats(self, item_ids: Sequence[str]) -> dict[str, ItemStats]: ...
+
+    async def record(self, tally: Tally) -> None: ...
 
 
 class Popularity(Protocol):
@@ -120,8 +168,8 @@ class Popularity(Protocol):
 
 
 class Recommender(Protocol):
-    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
-        """Top-k candidates per history row, in one request for the whole batch."""
+    async def recommend(self, rows: list[HistoryRow], query: RankQuery) -> Ranking:
+        """Top-k candidates per history row, in one request for all the rows."""
         ...
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -28,21 +28,27 @@ from stream_app.core.events import (
     parse_interaction,
     parse_item,
 )
-from stream_app.core.policy import assemble, excluded_items
+from stream_app.core.experiments import Arm, Experiment, group_by_arm
+from stream_app.core.exploration import choose_new_items, explore_slots
+from stream_app.core.policy import Candidate, assemble, excluded_items
 from stream_app.core.privacy import Pseudonymiser
-from stream_app.core.quality import hit, shown_items
+from stream_app.core.quality import hit, shown_list
 from stream_app.core.settings import Settings
 from stream_app.worker import metrics
 from stream_app.worker.ports import (
     Catalog,
+    ExperimentStore,
+    FreshQuery,
     History,
     HistoryRow,
     ItemEmbedder,
     Popularity,
     Publisher,
     Ranking,
+    RankQuery,
     RawEvent,
     Recommender,
+    Tally,
     UserUpdate,
 )
 
@@ -96,11 +102,23 @@ class Retrier:
         raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class ShownList:
+    """A user's final list, and what made it."""
+
+    items: tuple[RecommendedItem, ...]
+    model_version: str
+    degraded: bool
+    arm: str
+
+
 class InteractionProcessor:
     """One batch of interactions: history, model, policy, outputs.
 
     User ids are pseudonymised as soon as an event is valid: Redis and the logs only
-    ever see the pseudonym; the published message carries the caller's own id.
+    ever see the pseudonym; the published message carries the caller's own id. Each user
+    is ranked by their experiment arm (``core.experiments``): one recommender request
+    per arm per batch, plus one per shadow arm, whose lists are compared, not published.
     """
 
     def __init__(
@@ -111,7 +129,9 @@ class InteractionProcessor:
         catalog: Catalog,
         popularity: Popularity,
         publisher: Publisher,
+        experiments: ExperimentStore,
         clock: Callable[[], float] = time.time,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self._settings = settings
         self._history = history
@@ -119,12 +139,18 @@ class InteractionProcessor:
         self._catalog = catalog
         self._popularity = popularity
         self._publisher = publisher
+        self._experiments = experiments
         self._clock = clock
+        self._rng = rng or np.random.default_rng()
         self._pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
         self._retry = Retrier()
-        self._breaker = CircuitBreaker(
-            settings.triton.breaker_failures, settings.triton.breaker_cooldown_s
-        )
+        self._experiment = Experiment.of(settings.experiment)
+        triton = settings.triton
+        # One breaker per arm: a version that fails degrades its own arm only.
+        self._breakers = {
+            arm.name: CircuitBreaker(triton.breaker_failures, triton.breaker_cooldown_s)
+            for arm in self._experiment.arms
+        }
 
     async def process(self, batch: list[RawEvent]) -> BatchOutcome:
         topic = self._settings.kafka.interactions_topic
@@ -132,6 +158,7 @@ class InteractionProcessor:
         with metrics.BATCH_DURATION.labels(topic=topic).time():
             outcome = BatchOutcome()
             valid, produced_at = await self._validate(batch, outcome)
+            arms: dict[str, str] = {}
             if valid:
                 # Event ids are pseudonymised too: producers often build them from user ids.
                 stored = [
@@ -145,43 +172,58 @@ class InteractionProcessor:
                 count = min(self._settings.worker.batch_shards, len(stored) // MIN_SHARD_EVENTS)
                 shards = _by_user(stored, max(1, count))
                 done = await asyncio.gather(*(self._apply(shard, trigger) for shard in shards))
-                outcome.duplicates = sum(duplicates for duplicates, _ in done)
-                outcome.published = sum(published for _, published in done)
+                outcome.duplicates = sum(d.duplicates for d in done)
+                outcome.published = sum(d.published for d in done)
+                arms = {user: arm for d in done for user, arm in d.arms.items()}
             await self._publisher.flush()
-            self._observe_published(valid, produced_at)
+            self._observe_published(valid, produced_at, arms)
         return outcome
 
-    async def _apply(
-        self, stored: list[Interaction], trigger: dict[str, Interaction]
-    ) -> tuple[int, int]:
-        """History, model, policy and outputs for some users of the batch; returns the
-        number of repeated events and of lists published."""
+    async def _apply(self, stored: list[Interaction], trigger: dict[str, Interaction]) -> _Applied:
+        """History, model, policy and outputs for some users of the batch."""
         topic = self._settings.kafka.interactions_topic
         updates = await self._retry("redis", lambda: self._history.append_batch(stored))
         first_time = _first_time(stored, updates)
         metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(len(stored) - len(first_time))
-        _count_hits(first_time, updates)
+        tally = Tally()
+        _count_hits(first_time, updates, tally)
         for update in updates:
             metrics.HISTORY_LENGTH.observe(len(update.history))
-        lists, model, degraded = await self._recommend(updates)
-        messages = [
-            self._message(items, model, trigger[u.user_id], degraded)
-            for u, items in zip(updates, lists)
-        ]
+        shown, trending = await self._recommend(updates, tally)
+        messages = [self._message(s, trigger[u.user_id]) for u, s in zip(updates, shown)]
         lists_by_user = {
             u.user_id: m.to_json(with_caller_ids=False) for u, m in zip(updates, messages)
         }
-        shown = sorted({i.item_id for m in messages for i in m.items})
+        items = sorted({i.item_id for m in messages for i in m.items})
+        _count_lists(messages, trending, tally)
         await asyncio.gather(
             self._retry("redis", lambda: self._history.save_recommendations(lists_by_user)),
-            self._retry("redis", lambda: self._popularity.record(first_time, shown)),
+            self._retry("redis", lambda: self._popularity.record(first_time, items)),
+            self._record(messages, items, tally),
         )
-        reasons = Counter(item.reason for m in messages for item in m.items)
         for message in messages:
             self._publisher.recommendations(message)
-        for reason, count in reasons.items():  # one metric update per reason, not per item
-            metrics.RECOMMENDED_ITEMS.labels(reason=reason).inc(count)
-        return len(stored) - len(first_time), len(messages)
+        reasons = Counter((item.reason, m.arm) for m in messages for item in m.items)
+        for (reason, arm), count in reasons.items():  # one update per label set, not per item
+            metrics.RECOMMENDED_ITEMS.labels(reason=reason, arm=arm).inc(count)
+        return _Applied(
+            len(stored) - len(first_time),
+            len(messages),
+            {u.user_id: m.arm for u, m in zip(updates, messages)},
+        )
+
+    async def _record(
+        self, messages: list[Recommendations], items: list[str], tally: Tally
+    ) -> None:
+        """The items' ages (metric and counters), then the batch's counts, to Redis."""
+        added = await self._retry("redis", lambda: self._catalog.added(items))
+        now, max_age = self._clock(), self._settings.exploration.max_age_s
+        for message in messages:
+            ages = [now - added[i.item_id] for i in message.items if added.get(i.item_id)]
+            for age in ages:
+                metrics.SHOWN_ITEM_AGE.labels(arm=message.arm).observe(max(0.0, age))
+            tally.counts[message.arm, "new_items"] += sum(age < max_age for age in ages)
+        await self._retry("redis", lambda: self._experiments.record(tally))
 
     async def _validate(
         self, batch: list[RawEvent], outcome: BatchOutcome
@@ -216,10 +258,11 @@ class InteractionProcessor:
         return [event for _, event in parsed], produced_at
 
     async def _recommend(
-        self, updates: list[UserUpdate]
-    ) -> tuple[list[tuple[RecommendedItem, ...]], str, bool]:
-        """Each user's final list, the model version that ranked them, and whether the
-        model was unavailable (the lists then come from trending: degraded)."""
+        self, updates: list[UserUpdate], tally: Tally
+    ) -> tuple[list[ShownList], list[tuple[str, float]]]:
+        """Each user's final list (with the arm and model version that ranked it; degraded
+        when the arm's model was unavailable: the list then comes from trending), and the
+        trending items read for it."""
         k, policy = self._settings.worker.top_k, self._settings.policy
         excluded: list[frozenset[str]] = []
         rows: list[HistoryRow] = []
@@ -229,70 +272,204 @@ class InteractionProcessor:
             skip = excluded_items(zip(items, bought), u.purchased, policy.exclude_clicked)
             excluded.append(skip)
             rows.append(HistoryRow(items, bought, sorted(skip)))
-        ranked, trending = await asyncio.gather(  # independent of each other: run together
-            self._rank(rows, k),
+        users = [u.user_id for u in updates]
+        groups = group_by_arm(self._experiment, users)
+        shadows = {
+            arm.name: [
+                i for i, user in enumerate(users) if arm in self._experiment.shadowed_by(user)
+            ]
+            for arm in self._experiment.shadows
+        }
+        shadows = {name: positions for name, positions in shadows.items() if positions}
+        calls = [
+            self._rank(self._experiment.arm(name), [rows[i] for i in positions], k)
+            for name, positions in (*groups.items(), *shadows.items())
+        ]
+        rankings, trending = await asyncio.gather(  # independent of each other: run together
+            asyncio.gather(*calls),
             self._retry("redis", lambda: self._popularity.trending(TRENDING_READ)),
         )
-        degraded = ranked is None
-        if ranked is None:
-            metrics.DEGRADED_LISTS.inc(len(rows))
-            ranked = Ranking([[] for _ in rows], DEGRADED_MODEL_VERSION)
-        because = sorted({c.because_item_id for r in ranked.lists for c in r if c.because_item_id})
-        titles = await self._retry("redis", lambda: self._catalog.titles(because))
-        lists = [
-            assemble(candidates, trending, skip, k, titles, update.purchased, degraded)
-            for update, candidates, skip in zip(updates, ranked.lists, excluded)
-        ]
-        return lists, ranked.model_version, degraded
+        arm_rankings = dict(zip((*groups, *shadows), rankings))
 
-    async def _rank(self, rows: list[HistoryRow], k: int) -> Ranking | None:
-        """The model's candidates, or None when Triton is unavailable: the batch goes on
-        degraded rather than waiting, and the breaker stops calling a server that is down."""
-        if not self._breaker.allows_call():
+        ranked: list[Ranking | None] = [None] * len(updates)
+        arm_of: list[str] = [""] * len(updates)
+        personal: list[list[Candidate]] = [[] for _ in updates]
+        fresh: list[list[Candidate]] = [[] for _ in updates]
+        for name, positions in groups.items():
+            ranking = arm_rankings[name]
+            if ranking is None:
+                metrics.DEGRADED_LISTS.labels(arm=name).inc(len(positions))
+            for j, i in enumerate(positions):
+                ranked[i], arm_of[i] = ranking, name
+                if ranking is not None:
+                    personal[i] = ranking.lists[j]
+                    fresh[i] = ranking.fresh[j] if ranking.fresh else []
+        explored = await self._explore(fresh, arm_of, k)
+        because = sorted(
+            {c.because_item_id for r in (*personal, *explored) for c in r if c.because_item_id}
+        )
+        titles = await self._retry("redis", lambda: self._catalog.titles(because))
+        shown = []
+        for i, update in enumerate(updates):
+            ranking = ranked[i]
+            final = assemble(
+                personal[i],
+                trending,
+                excluded[i],
+                k,
+                titles,
+                update.purchased,
+                ranking is None,
+                explored[i],
+            )
+            version = ranking.model_version if ranking else DEGRADED_MODEL_VERSION
+            shown.append(ShownList(final, version, ranking is None, arm_of[i]))
+        for name, positions in shadows.items():
+            _compare_shadow(name, arm_rankings[name], positions, shown, excluded, k, tally)
+        return shown, trending
+
+    async def _explore(
+        self, fresh: list[list[Candidate]], arm_of: list[str], k: int
+    ) -> list[list[Candidate]]:
+        """The new items each user's exploration slots get (Thompson sampling over the
+        items' impressions and hits so far)."""
+        items = sorted({c.item_id for candidates in fresh for c in candidates})
+        if not items:
+            return [[] for _ in fresh]
+        stats = await self._retry("redis", lambda: self._experiments.item_stats(items))
+        exploration = self._settings.exploration
+        return [
+            choose_new_items(
+                candidates,
+                stats,
+                explore_slots(self._explore_share(self._experiment.arm(arm)), k),
+                exploration.min_hit_rate,
+                self._rng,
+            )
+            for candidates, arm in zip(fresh, arm_of)
+        ]
+
+    def _explore_share(self, arm: Arm) -> float:
+        return self._settings.exploration.share if arm.explore_share is None else arm.explore_share
+
+    async def _rank(self, arm: Arm, rows: list[HistoryRow], k: int) -> Ranking | None:
+        """An arm's candidates, or None when Triton (or the arm's version) is unavailable:
+        the batch goes on degraded rather than waiting, and the arm's breaker stops calling
+        a server that is down."""
+        breaker = self._breakers[arm.name]
+        if not breaker.allows_call():
             return None
-        diversity = self._settings.policy.diversity
+        exploration = self._settings.exploration
+        fresh = None
+        if not arm.shadow and explore_slots(self._explore_share(arm), k) > 0:
+            fresh = FreshQuery(
+                exploration.max_age_s,
+                exploration.min_similarity,
+                exploration.recent_items,
+                exploration.candidates,
+            )
+        diversity = self._settings.policy.diversity if arm.diversity is None else arm.diversity
+        query = RankQuery(k, diversity, arm.triton_version, arm.name, fresh)
         try:
-            ranked = await self._recommender.recommend(rows, k, diversity)
+            ranked = await self._recommender.recommend(rows, query)
         except Exception as exc:  # noqa: BLE001  (a bug must not stall the stream either)
-            self._breaker.record_failure()
+            breaker.record_failure()
             metrics.ERRORS.labels(component="triton").inc()
             log = logger.warning if isinstance(exc, DependencyError) else logger.exception
             log(
-                'recommender unavailable, lists degraded breaker="%s" error="%s"',
-                self._breaker.state,
+                'recommender unavailable, lists degraded arm="%s" breaker="%s" error="%s"',
+                arm.name,
+                breaker.state,
                 exc,
             )
             ranked = None
         else:
-            self._breaker.record_success()
-        metrics.BREAKER_OPEN.set(0 if self._breaker.state == "closed" else 1)
+            breaker.record_success()
+        metrics.BREAKER_OPEN.set(any(b.state != "closed" for b in self._breakers.values()))
         return ranked
 
-    def _message(
-        self,
-        items: tuple[RecommendedItem, ...],
-        model_version: str,
-        trigger: Interaction,
-        degraded: bool,
-    ) -> Recommendations:
+    def _message(self, shown: ShownList, trigger: Interaction) -> Recommendations:
         return Recommendations(
             user_id=trigger.user_id,
-            items=items,
-            model_version=model_version,
+            items=shown.items,
+            model_version=shown.model_version,
             trigger_event_id=trigger.event_id,
             event_ts=trigger.ts,
             generated_at=self._clock(),
-            degraded=degraded,
+            degraded=shown.degraded,
+            experiment=self._experiment.name,
+            arm=shown.arm,
         )
 
     def _observe_published(
-        self, valid: list[Interaction], produced_at: dict[tuple[str, str], float]
+        self,
+        valid: list[Interaction],
+        produced_at: dict[tuple[str, str], float],
+        arms: Mapping[str, str],
     ) -> None:
         now = self._clock()
         triggers = {e.user_id: e.event_id for e in valid}
+        published: Counter[str] = Counter()
         for user_id, event_id in triggers.items():
-            metrics.END_TO_END_LATENCY.observe(max(0.0, now - produced_at[user_id, event_id]))
-        metrics.RECOMMENDATIONS_PUBLISHED.inc(len(triggers))
+            arm = arms.get(self._pseudonym(user_id), "")
+            metrics.END_TO_END_LATENCY.labels(arm=arm).observe(
+                max(0.0, now - produced_at[user_id, event_id])
+            )
+            published[arm] += 1
+        for arm, count in published.items():
+            metrics.RECOMMENDATIONS_PUBLISHED.labels(arm=arm).inc(count)
+
+
+@dataclass(frozen=True)
+class _Applied:
+    duplicates: int  # repeated events
+    published: int  # lists
+    arms: dict[str, str]  # pseudonym -> arm of the list published
+
+
+def _count_lists(
+    messages: list[Recommendations], trending: list[tuple[str, float]], tally: Tally
+) -> None:
+    """Per arm: lists, degraded lists, items, long-tail and explored items, items shown."""
+    popular = {item for item, _ in trending}
+    for m in messages:
+        counts = tally.counts
+        counts[m.arm, "lists"] += 1
+        counts[m.arm, "degraded"] += m.degraded
+        counts[m.arm, "items"] += len(m.items)
+        long_tail = sum(i.item_id not in popular for i in m.items)
+        counts[m.arm, "long_tail"] += long_tail
+        metrics.LONG_TAIL_ITEMS.labels(arm=m.arm).inc(long_tail)
+        tally.shown.setdefault(m.arm, set()).update(i.item_id for i in m.items)
+        for item in m.items:
+            if item.reason == "explore":
+                counts[m.arm, "explored"] += 1
+                tally.explore_shown[item.item_id] += 1
+
+
+def _compare_shadow(
+    arm: str,
+    ranking: Ranking | None,
+    positions: list[int],
+    shown: list[ShownList],
+    excluded: list[frozenset[str]],
+    k: int,
+    tally: Tally,
+) -> None:
+    """overlap@k of a shadow arm's ranking with each published list it shadowed."""
+    if ranking is None:
+        return
+    for j, i in enumerate(positions):
+        if shown[i].degraded:
+            continue  # nothing personal was published to compare with
+        ranked = [c.item_id for c in ranking.lists[j] if c.item_id not in excluded[i]][:k]
+        published = {item.item_id for item in shown[i].items}
+        overlap = len(published.intersection(ranked))
+        metrics.SHADOW_LISTS.labels(arm=arm).inc()
+        metrics.SHADOW_OVERLAP.labels(arm=arm).observe(overlap / k)
+        tally.counts[arm, "shadow_lists"] += 1
+        tally.counts[arm, "shadow_slots"] += k
+        tally.counts[arm, "overlap_items"] += overlap
 
 
 def _by_user(events: list[Interaction], shards: int) -> list[list[Interaction]]:
@@ -315,15 +492,25 @@ def _first_time(events: list[Interaction], updates: list[UserUpdate]) -> list[In
     return first
 
 
-def _count_hits(first_time: list[Interaction], updates: list[UserUpdate]) -> None:
-    shown = {u.user_id: shown_items(u.last_recommendations) for u in updates}
+def _count_hits(first_time: list[Interaction], updates: list[UserUpdate], tally: Tally) -> None:
+    """Impressions and hits, for the arm of the list the user was shown."""
+    shown = {u.user_id: shown_list(u.last_recommendations) for u in updates}
     for event in first_time:
-        if not shown[event.user_id]:
+        seen = shown[event.user_id]
+        if not seen.items:
             continue  # nothing was shown to this user yet
-        metrics.QUALITY_INTERACTIONS.inc()
-        found = hit(event.item_id, shown[event.user_id])
+        metrics.QUALITY_INTERACTIONS.labels(arm=seen.arm).inc()
+        tally.counts[seen.arm, "impressions"] += 1
+        found = hit(event.item_id, seen.items)
         if found:
-            metrics.QUALITY_HITS.labels(position=found.position, reason=found.reason).inc()
+            metrics.QUALITY_HITS.labels(
+                position=found.position, reason=found.reason, arm=seen.arm
+            ).inc()
+            tally.counts[seen.arm, "hits"] += 1
+            tally.counts[seen.arm, f"hits@{found.position}"] += 1
+            if found.reason == "explore":
+                tally.counts[seen.arm, "explore_hits"] += 1
+                tally.explore_hits[event.item_id] += 1
 
 
 class ItemProcessor:

@@ -11,15 +11,19 @@ real adapters behave so is tested against the real servers in ``tests/integratio
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from stream_app.core.errors import InferenceUnavailable, InvalidEvent
 from stream_app.core.events import Interaction, ItemUpsert, Recommendations
+from stream_app.core.exploration import ItemStats
 from stream_app.core.policy import Candidate
 from stream_app.worker.ports import (
     Catalog,
+    ExperimentStore,
     History,
     HistoryEntry,
     HistoryRow,
@@ -27,8 +31,10 @@ from stream_app.worker.ports import (
     Popularity,
     Publisher,
     Ranking,
+    RankQuery,
     RawEvent,
     Recommender,
+    Tally,
     UserUpdate,
 )
 
@@ -88,6 +94,7 @@ class InMemoryCatalog(Catalog):
     def __init__(self, items: Sequence[ItemUpsert] = ()) -> None:
         self.items: dict[str, ItemUpsert] = {i.item_id: i for i in items}
         self.vectors: dict[str, np.ndarray] = {}
+        self.added_ts: dict[str, float] = {}  # items given at construction count as imported
         self.version = 0
 
     async def apply(
@@ -102,9 +109,11 @@ class InMemoryCatalog(Catalog):
         for item, vector in zip(upserts, vectors if vectors is not None else []):
             self.items[item.item_id] = item
             self.vectors[item.item_id] = vector
+            self.added_ts.setdefault(item.item_id, (event_ts or {}).get(item.item_id, time.time()))
         for item_id in removals:
             self.items.pop(item_id, None)
             self.vectors.pop(item_id, None)
+            self.added_ts.pop(item_id, None)
         self.version += len(upserts) + len(removals)
         return self.version
 
@@ -113,6 +122,31 @@ class InMemoryCatalog(Catalog):
 
     async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         return {i: self.items[i].title for i in item_ids if i in self.items}
+
+    async def added(self, item_ids: Sequence[str]) -> dict[str, float]:
+        return {i: self.added_ts.get(i, 0.0) for i in item_ids}
+
+
+class InMemoryExperimentStore(ExperimentStore):
+    """Counters in Counters; the shown items' sets are kept whole (Redis keeps a sketch)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.shown: dict[str, set[str]] = {}
+        self.items: dict[str, ItemStats] = {}
+
+    async def item_stats(self, item_ids: Sequence[str]) -> dict[str, ItemStats]:
+        return {i: self.items.get(i, ItemStats()) for i in item_ids}
+
+    async def record(self, tally: Tally) -> None:
+        self.counts.update(tally.counts)
+        for arm, items in tally.shown.items():
+            self.shown.setdefault(arm, set()).update(items)
+        for item_id in tally.explore_shown.keys() | tally.explore_hits.keys():
+            old = self.items.get(item_id, ItemStats())
+            self.items[item_id] = ItemStats(
+                old.shown + tally.explore_shown[item_id], old.hits + tally.explore_hits[item_id]
+            )
 
 
 class InMemoryPopularity(Popularity):
@@ -145,35 +179,47 @@ class InMemoryPopularity(Popularity):
 
 
 class ScriptedRecommender(Recommender):
-    """Answers each history row with the candidates ``script(row)`` proposes, as Triton's
-    recommender would: without the row's excluded items, at most k, as model ``version``
+    """Answers each history row with ``script(row)``, cut to k, minus the row's exclusions
     (``honours_exclusions=False``: a model that returns excluded items anyway, which the
-    processor must still drop). Counts its calls and keeps the rows it was asked about.
-    While ``down`` is set it fails the way an unreachable Triton does."""
+    processor must still drop), and, asked for new items, with ``fresh(row)``. Counts its
+    calls and keeps the rows and queries it was asked. While ``down`` is set (or a
+    version is in ``down_versions``) it fails the way an unreachable Triton does; the
+    version it answers with is the query's, else ``version``."""
 
     def __init__(
         self,
         script: Callable[[HistoryRow], Iterable[Candidate]],
         version: str = "test-v1",
         honours_exclusions: bool = True,
+        fresh: Callable[[HistoryRow], Iterable[Candidate]] = lambda row: (),
     ) -> None:
         self.script = script
+        self.fresh = fresh
         self.version = version
         self.honours_exclusions = honours_exclusions
         self.down = False
+        self.down_versions: set[str] = set()
         self.calls = 0
         self.rows: list[HistoryRow] = []
+        self.queries: list[tuple[RankQuery, int]] = []  # (query, rows asked)
 
-    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
+    async def recommend(self, rows: list[HistoryRow], query: RankQuery) -> Ranking:
         self.calls += 1
-        if self.down:
+        if self.down or query.version in self.down_versions:
             raise InferenceUnavailable("recommender request failed: connection refused")
         self.rows += rows
-        lists = []
+        self.queries.append((query, len(rows)))
+        lists, fresh = [], []
         for row in rows:
             skip = set(row.exclude) if self.honours_exclusions else set()
-            lists.append([c for c in self.script(row) if c.item_id not in skip][:k])
-        return Ranking(lists, self.version)
+            lists.append([c for c in self.script(row) if c.item_id not in skip][: query.k])
+            new = [
+                c
+                for c in self.fresh(row)
+                if c.item_id not in skip and c.item_id not in row.item_ids
+            ]
+            fresh.append(new[: query.fresh.count] if query.fresh else [])
+        return Ranking(lists, query.version or self.version, fresh if query.fresh else None)
 
 
 class HashEmbedder(ItemEmbedder):

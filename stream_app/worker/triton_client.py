@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from stream_app.core.errors import InferenceUnavailable
 from stream_app.core.policy import Candidate
 from stream_app.worker.metrics import track_triton
-from stream_app.worker.ports import HistoryRow, ItemEmbedder, Ranking, Recommender
+from stream_app.worker.ports import HistoryRow, ItemEmbedder, Ranking, RankQuery, Recommender
 
 EMBED_BATCH = 64
 """Texts per item_embedder request; matches its config's max_batch_size."""
@@ -41,12 +41,18 @@ class TritonRecommender(Recommender, ItemEmbedder):
         self._embedder = embedder_model
         self._timeout_s = timeout_s
 
-    async def connect(self) -> None:
-        """Check both models are ready."""
+    async def connect(self, versions: Sequence[int] = ()) -> None:
+        """Check both models are ready, and the recommender ``versions`` experiment arms name."""
         try:
             for model in (self._recommender, self._embedder):
                 if not await self._client.is_model_ready(model):
                     raise InferenceUnavailable(f"Triton model {model} is not ready")
+            for version in versions:
+                if not await self._client.is_model_ready(self._recommender, str(version)):
+                    raise InferenceUnavailable(
+                        f"{self._recommender} version {version}, named by an experiment arm,"
+                        " is not loaded: run streamrec experiment apply"
+                    )
         except InferenceServerException as exc:
             raise InferenceUnavailable(f"Triton unreachable: {exc.message()}") from exc
 
@@ -56,14 +62,13 @@ class TritonRecommender(Recommender, ItemEmbedder):
         except InferenceServerException:
             return False
 
-    async def recommend(self, rows: list[HistoryRow], k: int, diversity: float = 1.0) -> Ranking:
-        """Top-k candidates per history row, in one request for the whole batch.
-
-        ``diversity`` is the MMR lambda: 1.0 ranks by score alone, lower trades score
-        for variety.
+    async def recommend(self, rows: list[HistoryRow], query: RankQuery) -> Ranking:
+        """Top-k candidates per history row, in one request for all the rows, from the
+        query's model version. ``query.diversity`` is the MMR lambda: 1.0 ranks by score
+        alone, lower trades score for variety.
         """
         if not rows:
-            return Ranking([], "none")
+            return Ranking([], "none", [] if query.fresh else None)
         purchased = np.zeros((len(rows), max(1, max(len(r.item_ids) for r in rows))), dtype=bool)
         for i, row in enumerate(rows):
             purchased[i, : len(row.purchased)] = row.purchased
@@ -72,17 +77,22 @@ class TritonRecommender(Recommender, ItemEmbedder):
             _input("HISTORY_PURCHASED", purchased, "BOOL"),
             _input("EXCLUDE_IDS", _padded([r.exclude for r in rows]), "BYTES"),
         ]
-        parameters = {"top_k": k, "diversity": float(diversity)}
-        result = await self._infer(self._recommender, inputs, parameters=parameters)
-        # tolist(): Python bytes and floats at once, not a numpy scalar per element.
-        ids, scores, because = (
-            result.as_numpy(name).tolist() for name in ("TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")
+        parameters: dict[str, int | float] = {"top_k": query.k, "diversity": query.diversity}
+        if query.fresh:
+            parameters |= {
+                "explore_count": query.fresh.count,
+                "explore_max_age_s": query.fresh.max_age_s,
+                "explore_min_similarity": query.fresh.min_similarity,
+                "explore_recent": query.fresh.recent,
+            }
+        result = await self._infer(
+            self._recommender, inputs, parameters, version=query.version, arm=query.arm
         )
-        lists = [
-            [Candidate(i.decode(), s, b.decode() or None) for i, s, b in zip(*row) if i]
-            for row in zip(ids, scores, because)
-        ]
-        return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode())
+        lists = _candidates(result, "TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")
+        fresh = None
+        if query.fresh:
+            fresh = _candidates(result, "FRESH_IDS", "FRESH_SCORES", "FRESH_BECAUSE_IDS")
+        return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode(), fresh)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for texts, batched by EMBED_BATCH."""
@@ -94,17 +104,32 @@ class TritonRecommender(Recommender, ItemEmbedder):
             chunks.append(result.as_numpy("EMBEDDING"))
         return np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
 
-    async def _infer(self, model: str, inputs, parameters: dict | None = None):
-        with track_triton(model):
+    async def _infer(
+        self, model: str, inputs, parameters: dict | None = None, version: str = "", arm: str = ""
+    ):
+        with track_triton(model, arm):
             try:
                 return await self._client.infer(
-                    model, inputs, parameters=parameters, client_timeout=self._timeout_s
+                    model,
+                    inputs,
+                    model_version=version,
+                    parameters=parameters,
+                    client_timeout=self._timeout_s,
                 )
             except InferenceServerException as exc:
                 raise InferenceUnavailable(f"{model} request failed: {exc.message()}") from exc
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _candidates(result, ids: str, scores: str, because: str) -> list[list[Candidate]]:
+    # tolist(): Python bytes and floats at once, not a numpy scalar per element.
+    columns = (result.as_numpy(name).tolist() for name in (ids, scores, because))
+    return [
+        [Candidate(i.decode(), s, b.decode() or None) for i, s, b in zip(*row) if i]
+        for row in zip(*columns)
+    ]
 
 
 def _padded(rows: list[Sequence[str]]) -> np.ndarray:

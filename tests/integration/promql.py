@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import re
 
-FUNCTIONS = {"sum", "by", "and", "or", "rate", "deriv", "max", "avg", "histogram_quantile", "le"}
+FUNCTIONS = {
+    "sum",
+    "by",
+    "and",
+    "or",
+    "rate",
+    "deriv",
+    "max",
+    "avg",
+    "histogram_quantile",
+    "le",
+    "group_left",
+    "group_right",
+}
 
 
 def metric_names(expr: str) -> set[str]:

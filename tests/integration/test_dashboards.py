@@ -92,7 +92,9 @@ def serve_trainer_metrics(port: int, repository: Path):
 
 @pytest.fixture(scope="module")
 def prometheus(stack_settings, catalog, movielens):
-    settings = isolated(stack_settings, "dash")
+    # Two arms and a shadow, all of the live version: the experiments dashboard has data.
+    arms = [{"name": "a"}, {"name": "b", "diversity": 1.0}, {"name": "s", "shadow": True}]
+    settings = isolated(stack_settings, "dash", experiment={"name": "dash", "arms": arms})
     name = unique("dash-run")  # Prometheus' directory, and this run's users
     ensure_topics(settings.kafka)
     workdir = VAR / name

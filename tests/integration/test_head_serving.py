@@ -28,7 +28,7 @@ from serving.offline.train import TrainConfig
 from stream_app.core.events import ItemUpsert
 from stream_app.devtools.devstack import DevStack, free_port
 from stream_app.devtools.redis_io import CatalogStore, redis_client
-from stream_app.worker.ports import HistoryRow
+from stream_app.worker.ports import HistoryRow, RankQuery
 from stream_app.worker.triton_client import TritonRecommender
 from tests.support import VAR, unique
 
@@ -99,7 +99,7 @@ def test_exported_head_serves_the_same_top10_as_pytorch(stack_settings, stack, t
 async def recommend(settings, rows):
     client = TritonRecommender(settings.triton.url, "recommender", "item_embedder", 30.0)
     try:
-        return await client.recommend(rows, 10, diversity=1.0)
+        return await client.recommend(rows, RankQuery(10, diversity=1.0))
     finally:
         await client.close()
 

@@ -255,6 +255,8 @@ def test_health_and_read_api(settings, processed):
         "event_ts",
         "generated_at",
         "degraded",
+        "experiment",
+        "arm",
     }
     assert set(body["items"][0]) == {
         "item_id",

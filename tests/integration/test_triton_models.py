@@ -19,9 +19,9 @@ from stream_app.core.errors import InferenceUnavailable
 from stream_app.core.events import ItemUpsert
 from stream_app.devtools.probes import scrape
 from stream_app.devtools.redis_io import CatalogStore
-from stream_app.worker.ports import HistoryRow
+from stream_app.worker.ports import FreshQuery, HistoryRow, RankQuery
 from stream_app.worker.triton_client import TritonRecommender
-from tests.support import wait_until
+from tests.support import unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_recommender_excludes_what_it_is_asked_to_and_explains_the_rest(stack_se
         HistoryRow(["1", "71", "95"], [False, True, False], exclude=["1", "71", "95", "422"]),
         HistoryRow(["50"], [True], exclude=["50"]),
     ]
-    ranking = call(stack_settings, "recommend", rows, 10)
+    ranking = call(stack_settings, "recommend", rows, RankQuery(10))
     ranked = ranking.lists
 
     assert ranking.model_version
@@ -79,22 +79,24 @@ def test_recommender_excludes_what_it_is_asked_to_and_explains_the_rest(stack_se
 
 def test_diversity_changes_the_list_but_not_its_best_item(stack_settings, catalog):
     rows = [HistoryRow(["50", "172", "181"], [False] * 3, exclude=["50", "172", "181"])]
-    by_score = call(stack_settings, "recommend", rows, 10, 1.0).lists[0]
-    diverse = call(stack_settings, "recommend", rows, 10, 0.3).lists[0]
+    by_score = call(stack_settings, "recommend", rows, RankQuery(10, 1.0)).lists[0]
+    diverse = call(stack_settings, "recommend", rows, RankQuery(10, 0.3)).lists[0]
     assert diverse[0].item_id == by_score[0].item_id
     assert [c.item_id for c in diverse] != [c.item_id for c in by_score]
 
 
 def test_recommender_gives_unknown_only_histories_nothing(stack_settings, catalog):
-    ranking = call(stack_settings, "recommend", [HistoryRow(["no-such-item"], [False])], 5)
+    ranking = call(
+        stack_settings, "recommend", [HistoryRow(["no-such-item"], [False])], RankQuery(5)
+    )
     assert ranking.lists == [[]]
 
 
 def test_recommender_rejects_bad_parameters_per_request(stack_settings, catalog):
     with pytest.raises(InferenceUnavailable, match="top_k must be between"):
-        call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 1000)
+        call(stack_settings, "recommend", [HistoryRow(["1"], [False])], RankQuery(1000))
     with pytest.raises(InferenceUnavailable, match="diversity must be between"):
-        call(stack_settings, "recommend", [HistoryRow(["1"], [False])], 5, 1.5)
+        call(stack_settings, "recommend", [HistoryRow(["1"], [False])], RankQuery(5, 1.5))
 
 
 def test_catalog_changes_reach_the_recommender_through_the_log(stack_settings, catalog, redis_sync):
@@ -106,7 +108,7 @@ def test_catalog_changes_reach_the_recommender_through_the_log(stack_settings, c
     store.upsert([ItemUpsert("toy-story-twin", "Toy Story twin", "twin")], toy_story[None, :])
 
     def best() -> str:
-        return call(stack_settings, "recommend", fan, 3).lists[0][0].item_id
+        return call(stack_settings, "recommend", fan, RankQuery(3)).lists[0][0].item_id
 
     assert wait_until(lambda: best() == "toy-story-twin", timeout_s=5)
     assert freshness_count(stack_settings) >= before + 1
@@ -117,3 +119,39 @@ def test_catalog_changes_reach_the_recommender_through_the_log(stack_settings, c
 def freshness_count(settings) -> float:
     url = f"http://127.0.0.1:{settings.triton.metrics_port}/metrics"
     return scrape(url, "streamrec_catalog_freshness_seconds_count")
+
+
+def test_new_items_come_back_for_the_histories_their_text_fits(stack_settings, catalog, redis_sync):
+    store = CatalogStore(redis_sync, stack_settings.redis.key_prefix)
+    texts = [
+        "Toy Story (1995) Animation Children's Comedy",
+        "Quarterly VAT returns for sole traders",
+    ]
+    twin, unrelated = call(stack_settings, "embed", texts)
+    new = [unique("toy-story-sequel"), unique("tax-guide")]
+    store.upsert([ItemUpsert(i, i, t) for i, t in zip(new, texts)], np.stack([twin, unrelated]))
+    fresh = FreshQuery(max_age_s=3600, min_similarity=0.6, recent=10, count=5)
+    rows = [
+        HistoryRow(["50", "1"], [False, False], exclude=["50", "1"]),  # a Toy Story fan
+        HistoryRow(["1"], [True], exclude=["1", new[0]]),  # the sequel is excluded
+        HistoryRow(["127"], [False], exclude=["127"]),  # The Godfather: fits neither
+    ]
+
+    def offered() -> list[list[tuple[str, str | None]]]:
+        ranking = call(stack_settings, "recommend", rows, RankQuery(10, fresh=fresh))
+        return [[(c.item_id, c.because_item_id) for c in r] for r in ranking.fresh]
+
+    def ids(row: int) -> list[str]:
+        return [i for i, _ in offered()[row]]
+
+    # Other tests' new items may fit too; imported (MovieLens) items are never new.
+    assert wait_until(lambda: (new[0], "1") in offered()[0], timeout_s=5), offered()
+    assert new[0] not in ids(1) and new[0] not in ids(2)
+    assert all(new[1] not in ids(row) for row in range(3))  # the tax guide fits nobody
+    assert not set(ids(0)) & {str(i) for i in range(1, 1683)}
+    assert call(stack_settings, "recommend", rows, RankQuery(10)).fresh is None  # not asked
+    store.remove(new)
+    assert wait_until(lambda: new[0] not in ids(0), timeout_s=5)  # removed: gone
+    with pytest.raises(InferenceUnavailable, match="explore_count must be between"):
+        too_many = FreshQuery(max_age_s=3600, min_similarity=0.6, recent=10, count=51)
+        call(stack_settings, "recommend", rows, RankQuery(10, fresh=too_many))

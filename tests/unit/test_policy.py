@@ -242,3 +242,17 @@ def test_explanation_cuts_long_titles():
 def test_explanation_rejects_unknown_reason():
     with pytest.raises(ValueError, match="reason"):
         explanation("because", "Heat (1995)")
+
+
+def test_assemble_puts_explored_items_in_the_last_slots_with_their_reason():
+    personal = [Candidate(i, 0.9) for i in "abcd"]
+    explored = [Candidate("new", 0.71, "h1")]
+    result = assemble(personal, [("t", 1.0)], excluded=(), k=3, titles=TITLES, explored=explored)
+    assert ids(result) == ["a", "b", "new"]
+    assert result[-1].reason == "explore" and result[-1].because_item_id == "h1"
+    assert result[-1].explanation == "new, and like Heat (1995)"
+    # An explored item the policy excludes, or one already in the list, is never shown.
+    again = assemble(personal, [], excluded={"new"}, k=3, titles=TITLES, explored=explored)
+    assert ids(again) == ["a", "b", "c"]
+    twice = assemble(personal, [], (), 3, TITLES, explored=[Candidate("a", 0.7, "b")])
+    assert ids(twice) == ["b", "c", "a"] and twice[-1].reason == "explore"

@@ -10,6 +10,7 @@ import time
 
 from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import Interaction, ItemUpsert
+from stream_app.core.experiments import Experiment
 from stream_app.core.policy import Candidate
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import Settings
@@ -19,6 +20,7 @@ from stream_app.worker.processors import InteractionProcessor, ItemProcessor, _b
 from stream_app.worker.testing import (
     HashEmbedder,
     InMemoryCatalog,
+    InMemoryExperimentStore,
     InMemoryHistory,
     InMemoryPopularity,
     RecordingPublisher,
@@ -43,7 +45,15 @@ def catalog() -> InMemoryCatalog:
     return InMemoryCatalog([ItemUpsert(i, f"Movie {i}", f"text {i}") for i in ids])
 
 
-def processor(history, publisher, settings=None, recommender=None, popularity=None, clock=None):
+def processor(
+    history,
+    publisher,
+    settings=None,
+    recommender=None,
+    popularity=None,
+    clock=None,
+    experiments=None,
+):
     items = catalog()
     return InteractionProcessor(
         settings or Settings(),
@@ -52,6 +62,7 @@ def processor(history, publisher, settings=None, recommender=None, popularity=No
         items,
         popularity or InMemoryPopularity(TRENDING, items),
         publisher,
+        experiments or InMemoryExperimentStore(),
         **({"clock": clock} if clock else {}),
     )
 
@@ -177,11 +188,14 @@ def test_a_user_without_known_items_gets_trending_items():
 def test_a_click_on_a_recommended_item_counts_a_hit_by_position():
     history = InMemoryHistory()
     run(history, [raw(click("u1", "e1", "1"))])  # shown: 2, 3, 4, ...
-    hits = metric("streamrec_quality_hits_total", position="2-3", reason="personal")
-    scored = metric("streamrec_quality_interactions_total")
+    hits = metric("streamrec_quality_hits_total", position="2-3", reason="personal", arm="default")
+    scored = metric("streamrec_quality_interactions_total", arm="default")
     run(history, [raw(click("u1", "e2", "3")), raw(click("u1", "e2", "3"))])  # one redelivered
-    assert metric("streamrec_quality_hits_total", position="2-3", reason="personal") == hits + 1
-    assert metric("streamrec_quality_interactions_total") == scored + 1
+    assert (
+        metric("streamrec_quality_hits_total", position="2-3", reason="personal", arm="default")
+        == hits + 1
+    )
+    assert metric("streamrec_quality_interactions_total", arm="default") == scored + 1
 
 
 def test_an_unavailable_model_degrades_lists_and_the_breaker_stops_calling_it():
@@ -254,3 +268,102 @@ def test_items_are_embedded_and_stored_the_last_change_of_an_item_winning():
     assert "2" not in store.items
     assert dead(publisher) == [(b'{"item_id": "bad"}', "missing_field")]
     assert (outcome.consumed, outcome.dead_lettered, publisher.flushes) == (4, 1, 1)
+
+
+AB = {
+    "name": "ab",
+    "arms": [
+        {"name": "control", "weight": 1},
+        {"name": "treatment", "model_version": "3", "weight": 1, "diversity": 1.0},
+        {"name": "candidate", "model_version": "4", "shadow": True},
+    ],
+}
+
+
+def test_each_arm_is_ranked_by_its_version_in_one_request_and_labels_its_messages():
+    recommender = ScriptedRecommender(items_1_to_12)
+    publisher, store = RecordingPublisher(), InMemoryExperimentStore()
+    settings = Settings(experiment=AB)
+    work = processor(
+        InMemoryHistory(), publisher, settings, recommender, experiments=store, clock=lambda: NOW
+    )
+    batch = [raw(click(f"u{n}", f"e{n}", "1")) for n in range(40)]
+    asyncio.run(work.process(batch))
+
+    asked = {q.arm: (q.version, q.diversity, rows) for q, rows in recommender.queries}
+    assert set(asked) == {"control", "treatment", "candidate"}  # one request per arm
+    assert asked["treatment"][:2] == ("3", 1.0) and asked["control"][:2] == ("", 0.8)
+    assert asked["candidate"] == ("4", 0.8, 40)  # the shadow scores everyone
+    assert asked["control"][2] + asked["treatment"][2] == 40
+    arms = {m.user_id: m.arm for m in publisher.published}
+    assert len(publisher.published) == 40 and set(arms.values()) == {"control", "treatment"}
+    assert all(m.experiment == "ab" for m in publisher.published)
+    assert {m.model_version for m in publisher.published if m.arm == "treatment"} == {"3"}
+    expected = Experiment.of(settings.experiment)
+    assert all(arms[u] == expected.assign(PSEUDONYM(u)).name for u in arms)
+    assert json.loads(publisher.published[0].to_json())["arm"] in ("control", "treatment")
+
+    # The shadow published nothing, and its lists were compared with the published ones.
+    assert store.counts["candidate", "shadow_lists"] == 40
+    assert store.counts["candidate", "overlap_items"] == 40 * 10  # the same script
+    assert store.counts["control", "lists"] + store.counts["treatment", "lists"] == 40
+    assert "candidate" not in {a for a, _ in store.counts if _ == "lists"}
+
+
+def test_a_failing_arm_degrades_only_its_own_users():
+    recommender = ScriptedRecommender(items_1_to_12)
+    recommender.down_versions = {"3"}
+    publisher = RecordingPublisher()
+    work = processor(InMemoryHistory(), publisher, Settings(experiment=AB), recommender)
+    asyncio.run(work.process([raw(click(f"u{n}", f"e{n}", "1")) for n in range(40)]))
+    degraded = {m.arm for m in publisher.published if m.degraded}
+    assert degraded == {"treatment"}
+    assert any(not m.degraded for m in publisher.published if m.arm == "control")
+
+
+def new_items(row: HistoryRow) -> list[Candidate]:
+    """Two new items that fit every history, explained by its first item."""
+    return [Candidate("28", 0.9, row.item_ids[0]), Candidate("29", 0.8, row.item_ids[0])]
+
+
+def explore_run(history, events, store, share=0.1, honours_exclusions=True):
+    recommender = ScriptedRecommender(items_1_to_12, fresh=new_items)
+    recommender.honours_exclusions = honours_exclusions
+    publisher = RecordingPublisher()
+    settings = Settings(exploration={"share": share})
+    work = processor(
+        history, publisher, settings, recommender, experiments=store, clock=lambda: NOW
+    )
+    asyncio.run(work.process([raw(e) for e in events]))
+    return publisher.published, recommender
+
+
+def test_exploration_takes_its_slot_budget_for_a_fitting_new_item():
+    store = InMemoryExperimentStore()
+    (message,), recommender = explore_run(InMemoryHistory(), [click("u1", "e1", "1")], store)
+    query = recommender.queries[0][0]
+    assert query.fresh is not None and query.fresh.count == 5
+    reasons = [i.reason for i in message.items]
+    assert len(message.items) == 10 and reasons.count("explore") == 1  # one slot in ten
+    explored = message.items[-1]
+    assert explored.reason == "explore" and explored.item_id in ("28", "29")
+    assert explored.explanation == "new, and like Movie 1"
+    assert store.items[explored.item_id].shown == 1
+    # Two slots in ten at a share of 0.2; none at 0 (and nothing new is asked for).
+    (two,), _ = explore_run(InMemoryHistory(), [click("u1", "e1", "1")], store, share=0.2)
+    assert [i.reason for i in two.items].count("explore") == 2
+    (none,), off = explore_run(InMemoryHistory(), [click("u1", "e1", "1")], store, share=0.0)
+    assert "explore" not in {i.reason for i in none.items} and off.queries[0][0].fresh is None
+
+
+def test_exploration_never_shows_purchased_or_removed_items_and_counts_hits():
+    store = InMemoryExperimentStore()
+    history = InMemoryHistory()
+    # A model that ignores exclusions offers 28, which the user bought: 29 is shown instead.
+    (message,), _ = explore_run(
+        history, [purchase("u1", "e1", "28")], store, honours_exclusions=False
+    )
+    assert [i.item_id for i in message.items if i.reason == "explore"] == ["29"]
+    (again,), _ = explore_run(history, [click("u1", "e2", "29")], store)
+    assert store.items["29"].hits == 1 and store.counts["default", "explore_hits"] == 1
+    assert "29" not in [i.item_id for i in again.items]  # clicked now: excluded

@@ -91,3 +91,64 @@ def test_an_empty_history_width_is_cold():
     empty = np.empty((1, 0), dtype=object)
     ranked = ranker().rank(empty, np.zeros((1, 0), bool), ids([]), k=2)
     assert list(ranked.item_ids[0]) == ["", ""]
+
+
+def test_new_items_are_offered_by_text_fit_to_recent_history_only():
+    from serving.model_server.fresh_items import FreshQuery
+
+    matrix = CatalogMatrix()
+    old = {k: v for k, v in CATALOG.items() if k != "aliens"}
+    matrix.replace(list(old), np.stack(list(old.values())))  # imported: not new
+    now = 1_000_000.0
+    matrix.upsert(
+        ["aliens", "romance-2", "alien-3"],
+        np.stack([CATALOG["aliens"], unit(0, 0.1, 1), unit(1, 0.05, 0.02)]),
+        np.array([now - 60, now - 60, now - 60]),
+    )
+    query = FreshQuery(since=now - 3600, min_similarity=0.9, recent=2, count=3)
+    ranked = Ranker(matrix).rank(
+        ids(["notebook", "blade", "alien"], ["notebook"]),
+        np.zeros((2, 3), bool),
+        ids(["alien-3"], []),
+        k=2,
+        fresh=query,
+    )
+    fresh = ranked.fresh
+    # The sci-fi fan: aliens fits "alien" (alien-3 would fit better but is excluded);
+    # the romance fan: romance-2 fits "notebook". Nothing below 0.9 is offered.
+    assert list(fresh.item_ids[0]) == ["aliens", "", ""]
+    assert fresh.because_ids[0, 0] == "alien" and fresh.similarity[0, 0] > 0.9
+    assert list(fresh.item_ids[1]) == ["romance-2", "", ""]
+    assert fresh.because_ids[1, 0] == "notebook"
+    # Only the newest `recent` items count: with one, "alien" (the newest) still fits ...
+    one = FreshQuery(since=now - 3600, min_similarity=0.9, recent=1, count=3)
+    history = ids(["alien", "notebook"])
+    assert (
+        Ranker(matrix)
+        .rank(history, np.zeros((1, 2), bool), ids([]), 2, fresh=one)
+        .fresh.item_ids[0, 0]
+        == "romance-2"
+    )
+    # ... and items older than `since`, or with an id the served head learned, are not new.
+    later = FreshQuery(since=now, min_similarity=0.9, recent=2, count=3)
+    assert (
+        Ranker(matrix)
+        .rank(ids(["alien"]), np.zeros((1, 1), bool), ids([]), 2, fresh=later)
+        .fresh.item_ids
+        == ""
+    ).all()
+    from serving.model_server.fresh_items import fresh_items
+
+    rows = matrix.rows(ids(["alien"]))
+    learned = fresh_items(
+        matrix,
+        np.array([["alien"]], object),
+        rows,
+        np.full((1, 0), -1),
+        query,
+        {"aliens", "alien-3"},
+    )
+    assert list(learned.item_ids[0]) == ["", "", ""]
+    matrix.remove(["aliens", "alien-3"])  # unavailable now
+    gone = Ranker(matrix).rank(ids(["alien"]), np.zeros((1, 1), bool), ids([]), 2, fresh=query)
+    assert list(gone.fresh.item_ids[0]) == ["", "", ""]

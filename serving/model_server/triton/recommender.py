@@ -12,6 +12,7 @@ moves tensors.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import triton_python_backend_utils as pb_utils
 from serving.model_server.ann_index import DEFAULT_MIN_ITEMS, AnnConfig
 from serving.model_server.catalog_matrix import CatalogMatrix
 from serving.model_server.catalog_tailer import CatalogTailer
+from serving.model_server.fresh_items import Fresh, FreshQuery
 from serving.model_server.head_runtime import HeadRuntime
 from serving.model_server.ranker import Ranker
 from serving.model_server.triton.tensor_io import (
@@ -96,16 +98,21 @@ class TritonPythonModel:
         exclude_ids = exclude.as_numpy() if exclude is not None else np.empty((len(item_ids), 0))
         if len(exclude_ids) != len(item_ids):
             raise ValueError("EXCLUDE_IDS needs one row per history")
+        fresh = _fresh_query(request)
         with self.tailer.lock:
             ranked = self.ranker.rank(
-                item_ids, purchased, exclude_ids, k, diversity, max(self.candidates, k)
+                item_ids, purchased, exclude_ids, k, diversity, max(self.candidates, k), fresh
             )
         version = np.full((len(item_ids), 1), self.model_version.encode(), dtype=np.object_)
+        new = ranked.fresh or Fresh.none(len(item_ids))
         return [
             pb_utils.Tensor("TOP_IDS", ranked.item_ids.astype(np.object_)),
             pb_utils.Tensor("TOP_SCORES", ranked.scores.astype(self.score_dtype)),
             pb_utils.Tensor("BECAUSE_IDS", ranked.because_ids.astype(np.object_)),
             pb_utils.Tensor("MODEL_VERSION", version),
+            pb_utils.Tensor("FRESH_IDS", new.item_ids.astype(np.object_)),
+            pb_utils.Tensor("FRESH_SCORES", new.similarity.astype(self.score_dtype)),
+            pb_utils.Tensor("FRESH_BECAUSE_IDS", new.because_ids.astype(np.object_)),
         ]
 
     def execute(self, requests):
@@ -113,3 +120,22 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.tailer.stop()
+
+
+def _fresh_query(request) -> FreshQuery | None:
+    """Exploration's request parameters; None unless ``explore_count`` asks for new items."""
+    count = request_parameter(request, "explore_count", 0)
+    if count == 0:
+        return None
+    if not 1 <= count <= 50:
+        raise ValueError(f"explore_count must be between 0 and 50, got {count}")
+    max_age = request_parameter(request, "explore_max_age_s", 0.0, float)
+    recent = request_parameter(request, "explore_recent", 10)
+    if max_age <= 0 or recent < 1:
+        raise ValueError("explore_max_age_s must be > 0 and explore_recent >= 1")
+    return FreshQuery(
+        since=time.time() - max_age,
+        min_similarity=request_parameter(request, "explore_min_similarity", 0.6, float),
+        recent=recent,
+        count=count,
+    )

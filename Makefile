@@ -61,6 +61,9 @@ bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 
 bench-online: setup ## the freshness curve: frozen model vs updated every 1k/5k/20k events of a time-ordered MovieLens replay through Kafka (~30 min on 2 CPUs); writes bench/results/online/
 	$(BIN)/python -m bench.online --out bench/results/online
 
+bench-experiments: setup ## experiments and exploration on a MovieLens stream: three arms (head, head with exploration, zero-shot) online and offline, new-item reach (~15 min); writes bench/results/experiments/
+	$(BIN)/python -m bench.experiments --out bench/results/experiments
+
 bench-inference: setup ## inference micro-benchmarks: recommender vs catalog size (exact, ANN), encoder (ORT, INT8), via Triton (~15 min); writes bench/results/inference/
 	$(BIN)/python -m bench.inference_speed
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from serving.offline.data import load_movielens
 from stream_app.core.errors import StackError
+from stream_app.core.experiment_report import render
+from stream_app.core.experiments import Experiment
+from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import Settings
 from stream_app.devtools.catalog_loader import load_catalog
 from stream_app.devtools.devstack import DevStack
@@ -36,11 +39,45 @@ def prepare_stack(settings: Settings, workdir: Path = Path("var/stack")):
         yield stack
 
 
+DEMO_ARMS = [{"name": "head"}, {"name": "zero-shot", "model_version": "1"}]
+"""Unless an experiment is configured: the served head against the zero-shot model."""
+
+
+def demo_experiment(settings: Settings) -> Settings:
+    """``settings`` with the demo's two arms, when none are configured and a trained
+    version is there to compare with version 1."""
+    from serving.trainer.versions import ModelRepository
+
+    if settings.experiment.arms or ModelRepository.of(settings.triton).live().number == 1:
+        return settings
+    experiment = settings.experiment.model_copy(update={"name": "demo", "arms": DEMO_ARMS})
+    return settings.model_copy(
+        update={"experiment": type(experiment).model_validate(experiment.model_dump())}
+    )
+
+
 def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
+    from serving.trainer.experiments import apply_experiment
+
     movielens = load_movielens()
     planned = list(plan_events(movielens.ratings, run_id=uuid.uuid4().hex[:8]))[:events]
     last_event = {e.user_id: e.event_id for e in planned}
-    with prepare_stack(settings), WorkerProcess(settings, Path("var/demo/worker.log")):
+    settings = demo_experiment(settings)
+    with prepare_stack(settings):
+        served, _ = apply_experiment(settings)
+        arms = ", ".join(
+            f"{a.name} (version {a.model_version}, weight {a.weight:g})"
+            for a in settings.experiment.arms
+        )
+        print(
+            f"Experiment {settings.experiment.name}: arms {arms or 'default (live)'};"
+            f" Triton serves recommender versions {served}"
+        )
+        _run(settings, planned, last_event, rate_per_s)
+
+
+def _run(settings: Settings, planned, last_event, rate_per_s: float) -> None:
+    with WorkerProcess(settings, Path("var/demo/worker.log")):
         reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
         dlq_reader = TopicReader(
             settings.kafka, settings.kafka.interactions_topic + settings.kafka.dlq_suffix
@@ -64,11 +101,13 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
         _report(settings, reader.messages, planned, last_event, dlq)
         reader.close()
         dlq_reader.close()
-        if served:
-            _show_cold_start(settings, planned)
-            _show_learning(settings, planned)
-    if not served:
-        raise StackError("not every user got recommendations within 120 s: see var/demo/worker.log")
+        if not served:
+            raise StackError(
+                "not every user got recommendations within 120 s: see var/demo/worker.log"
+            )
+        _show_arms(settings, reader.messages, last_event)
+        _show_cold_start(settings, planned)
+        _show_learning(settings, planned)
 
 
 def _report(settings, messages, planned, last_event, dlq: int) -> None:
@@ -95,6 +134,22 @@ def _report(settings, messages, planned, last_event, dlq: int) -> None:
     )
 
 
+def _show_arms(settings: Settings, messages, last_event) -> None:
+    """The arms side by side: who was in which, what ranked them, how they did so far
+    (``streamrec experiment report``, from the worker's counters)."""
+    from serving.trainer.experiments import read_arms
+
+    final = [json.loads(m.value()) for m in messages]
+    final = [r for r in final if r["trigger_event_id"] == last_event.get(r["user_id"])]
+    print(f"\nExperiment {settings.experiment.name} (from the messages' experiment and arm):")
+    for arm in sorted({r["arm"] for r in final}):
+        mine = [r for r in final if r["arm"] == arm]
+        versions = sorted({r["model_version"] for r in mine})
+        print(f"  arm {arm}: {len(mine)} users, ranked by {versions}")
+    arms, catalog_size = read_arms(redis_client(settings), settings)
+    print("  " + render(settings.experiment.name, arms, catalog_size).replace("\n", "\n  "))
+
+
 def _show_cold_start(settings: Settings, planned) -> None:
     """A brand-new item, scorable within a second of being produced; a brand-new user, who
     gets trending items, then a personal list (with the new item) after one click."""
@@ -119,21 +174,37 @@ def _show_cold_start(settings: Settings, planned) -> None:
     scorable_s = time.monotonic() - produced
     print(f"\nCold start: new item {new_item['title']!r} was scorable {scorable_s:.2f} s")
     print("  after it was produced.")
-    newcomer = f"demo-new-{uuid.uuid4().hex[:8]}"
+    newcomer = _user_in(
+        settings, settings.experiment.arms[0].name if settings.experiment.arms else ""
+    )
     unknown = PlannedEvent(newcomer, uuid.uuid4().hex, "not-in-the-catalog", "click")
     trending = recommendations_after(settings.kafka, unknown)["items"][:5]
     reasons = sorted({i["reason"] for i in trending})
     print(f"  A brand-new user gets {reasons}: {catalog.titles([i['item_id'] for i in trending])}")
     first_click = PlannedEvent(newcomer, uuid.uuid4().hex, watched, "click")
-    items = recommendations_after(settings.kafka, first_click)["items"]
+    message = recommendations_after(settings.kafka, first_click)
+    items = message["items"]
     ids = [i["item_id"] for i in items]
-    place = (
-        f"has the new item at position {ids.index(new_item['item_id']) + 1}"
-        if new_item["item_id"] in ids
-        else "does not have the new item in its top 10"
-    )
-    print(f"  Their first click, on {title!r}, makes it {items[0]['reason']}; the list {place}:")
+    place = "does not have the new item in its top 10"
+    if new_item["item_id"] in ids:
+        shown = items[ids.index(new_item["item_id"])]
+        place = (
+            f"has the new item at position {ids.index(new_item['item_id']) + 1},"
+            f" reason {shown['reason']!r}: {shown['explanation']!r}"
+        )
+    print(f"  Their first click, on {title!r}, makes it {items[0]['reason']} (arm")
+    print(f"  {message['arm']!r}); the list {place}:")
     print(f"  {catalog.titles(ids[:5])}")
+
+
+def _user_in(settings: Settings, arm: str) -> str:
+    """A new user id that the experiment puts in ``arm`` (any arm when "")."""
+    experiment = Experiment.of(settings.experiment)
+    pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
+    while True:
+        user = f"demo-new-{uuid.uuid4().hex[:8]}"
+        if not arm or experiment.assign(pseudonym(user)).name == arm:
+            return user
 
 
 def _show_learning(settings: Settings, planned) -> None:

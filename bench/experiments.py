@@ -10,16 +10,18 @@
 3. One worker runs an experiment of three arms, a third of the users each: "head" (the
    trained head, no exploration), "head-explore" (the same, with the default exploration:
    one slot in ten) and "zero-shot" (version 1). Each streamed user's last 50 events
-   before the cut are replayed first (their histories), then every event after the cut.
+   before the cut are replayed first (their histories), then their first 40 events after
+   the cut, in rounds: round k is every user's k-th event, produced once every list of
+   round k - 1 is out, so each event meets the list its user's previous event made.
    Per arm: impressions (interactions while a list of the arm was shown), hits (the item
    was in it), with 95% Wilson intervals and the two-proportion test of the report
    (``streamrec experiment report``), from the worker's own counters in Redis.
 4. Offline, on the same streamed events: each model's NDCG@10 and Recall@10 in the
    time-based protocol (full ranking, seen items masked), to compare with online.
-5. New-item reach: a new item whose text is a sequel of a film many users just watched,
-   and one with unrelated text, are upserted; the users who just watched that film, and
-   as many who did not, click again (three rounds, a second apart). Per arm: share of the
-   users reached, and seconds from the upsert to the first list with the item.
+5. New-item reach: a new item whose text is a sequel of a film many users watched, and
+   one with unrelated text, are upserted; 100 users click that film (three rounds, a
+   second apart), and 100 users who did not watch it click their own last item. Per arm:
+   share of the users reached, and seconds from the upsert to the first list with it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ from stream_app.devtools.worker_process import WorkerProcess
 
 TRAIN_SHARE_OF_TIME = 0.8
 HISTORY_EVENTS = 50
+STREAM_EVENTS = 40
+"""Events streamed per user: the stream takes as many rounds."""
 VAR = Path("var/bench/experiments")
 ARMS = [
     {"name": "head", "explore_share": 0.0},
@@ -88,7 +92,7 @@ def run(settings: Settings, epochs: int, out: Path) -> dict:
     for e in planned:
         first_seen.setdefault(e.item_id, e.ts or 0.0)
     new_items = sorted(i for i, t in first_seen.items() if t >= cut)
-    streamed = [replace(e, ts=None) for e in planned if (e.ts or 0) >= cut]
+    streamed = _first_events([replace(e, ts=None) for e in planned if (e.ts or 0) >= cut])
     print(
         f"training before {time.strftime('%Y-%m-%d', time.gmtime(cut))}; streaming"
         f" {len(streamed):,} events, {len(new_items)} items new after the cut",
@@ -126,8 +130,8 @@ def run(settings: Settings, epochs: int, out: Path) -> dict:
                 before, _ = read_arms(client, bench)
                 _upsert(bench, [_item(movies[i]) for i in new_items])
                 _wait_for_vectors(client, prefix, new_items)
-                print("streaming the events after the cut", file=sys.stderr)
-                stream = _replay_and_wait(bench, streamed, worker)
+                print("streaming the events after the cut, in rounds", file=sys.stderr)
+                stream = _replay_in_rounds(bench, streamed, worker)
                 after, catalog_size = read_arms(client, bench)
                 reach = _new_item_reach(bench, client, history + streamed, movies, worker)
         finally:
@@ -252,6 +256,61 @@ def _replay_and_wait(settings: Settings, events: list[PlannedEvent], worker) -> 
     return {"events": len(events), "seconds": seconds, "events_per_s": len(events) / seconds}
 
 
+def _first_events(events: list[PlannedEvent]) -> list[PlannedEvent]:
+    """Each user's first STREAM_EVENTS events, in order."""
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for e in events:
+        seen[e.user_id] += 1
+        if seen[e.user_id] <= STREAM_EVENTS:
+            kept.append(e)
+    return kept
+
+
+def _replay_in_rounds(settings: Settings, events: list[PlannedEvent], worker) -> dict:
+    """Round k produces every user's k-th event, then waits until each has its list: every
+    event meets the list its user's previous event made, as a user who acts after seeing
+    it would (at full speed a user's events share a batch and meet older lists)."""
+    rounds: dict[int, list[PlannedEvent]] = defaultdict(list)
+    position: dict[str, int] = defaultdict(int)
+    for e in events:
+        rounds[position[e.user_id]].append(e)
+        position[e.user_id] += 1
+    reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
+    triggers = _Triggers()
+    started = time.monotonic()
+    for number in sorted(rounds):
+        wanted = {e.event_id for e in rounds[number]}
+        replay(settings.kafka, rounds[number], progress=False)
+        done = reader.read_until(lambda ms, wanted=wanted: wanted <= triggers.of(ms), 120)
+        if not done:
+            raise RuntimeError(f"round {number} unanswered:\n{worker.log_tail()}")
+        sys.stderr.write(f"\rround {number + 1}/{len(rounds)}")
+    sys.stderr.write("\n")
+    seconds = time.monotonic() - started
+    reader.close()
+    return {
+        "events": len(events),
+        "rounds": len(rounds),
+        "seconds": seconds,
+        "events_per_s": len(events) / seconds,
+    }
+
+
+class _Triggers:
+    """The trigger event ids of the messages read so far, parsed once each."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self._parsed = 0
+
+    def of(self, messages) -> set[str]:
+        for message in messages[self._parsed :]:
+            self.ids.add(json.loads(message.value())["trigger_event_id"])
+        self._parsed = len(messages)
+        return self.ids
+
+
 def _item(movie: Movie) -> ItemUpsert:
     return ItemUpsert(movie.item_id, movie.title, movie.text, movie.genres)
 
@@ -302,8 +361,11 @@ def _new_item_reach(settings, client, events: list[PlannedEvent], movies: dict, 
         for item in set(items):
             counts[item] += 1
     anchor = movies[max(counts, key=lambda i: counts[i])]
-    fans = [u for u, items in recent.items() if anchor.item_id in items][:REACH_USERS]
-    others = [u for u, items in recent.items() if anchor.item_id not in items][:REACH_USERS]
+    # Fans: users who click the anchor now; others: users without it in their last ten,
+    # who click their own last item again.
+    users = list(recent)
+    fans = users[:REACH_USERS]
+    others = [u for u in users[REACH_USERS:] if anchor.item_id not in recent[u]][:REACH_USERS]
     sequel_id, unrelated_id = f"{anchor.item_id}-sequel-{uuid.uuid4().hex[:6]}", "vat-guide"
     sequel_text = f"{anchor.title} Part II {' '.join(anchor.genres)}"
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
@@ -488,10 +550,11 @@ over {offline["events"]:,} events whose item was new to its user.
 ## A new item, and who gets it
 
 Anchor: `{reach["anchor"]}`, the film most often among the users' last ten. A new item
-`{reach["sequel_text"]}` and an unrelated one (`{reach["unrelated_text"]}`) are upserted; then the
-anchor's fans click it again and as many other users click their last item, {reach["rounds"]}
-rounds a second apart. Reached: a list with the sequel; seconds from the upsert to that
-first list (encoding, the catalog log, the click and the ranking included).
+`{reach["sequel_text"]}` and an unrelated one (`{reach["unrelated_text"]}`) are
+upserted; then 100 users ("fans") click the anchor and 100 who did not watch it click their
+own last item, {reach["rounds"]} rounds a second apart. Reached: a list with the sequel;
+seconds from the upsert to that first list (encoding, the catalog log, the click and the
+ranking included).
 
 {markdown_table(reach_headers, reach_rows)}
 

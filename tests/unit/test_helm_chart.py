@@ -81,6 +81,14 @@ TRAINER_CRONJOB = {  # its other branches: a CronJob, a claim of yours, at a sub
     "metrics.serviceMonitor.enabled": "true",
 }
 PRODUCTION = ("-f", str(CHART / "values-production.yaml"))
+EXPERIMENT = {  # arms as values: the ConfigMap carries them as one JSON setting
+    "name": "head-v7",
+    "arms": [
+        {"name": "control", "model_version": "6", "weight": 50},
+        {"name": "treatment", "weight": 50, "explore_share": 0.2},
+        {"name": "candidate", "model_version": "8", "shadow": True, "sample": 0.2},
+    ],
+}
 
 
 def settings_flag(values: dict[str, str]) -> tuple[str, str]:
@@ -94,6 +102,7 @@ SCENARIOS = {
     "options": settings_flag(OPTIONS),
     "trainer": (*PRODUCTION, *settings_flag(TRAINER)),
     "trainer-cronjob": settings_flag(TRAINER_CRONJOB),
+    "experiment": ("--set-json", f"config.experiment={json.dumps(EXPERIMENT)}"),
 }
 MODES = {
     "default": "none",
@@ -102,6 +111,7 @@ MODES = {
     "options": "keda",
     "trainer": "keda",
     "trainer-cronjob": "none",
+    "experiment": "none",
 }
 TRAINER_KINDS = {"trainer": "Deployment", "trainer-cronjob": "CronJob"}
 
@@ -621,3 +631,12 @@ def test_bad_values_fail_at_render_time_naming_the_value(values, message):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_experiment_arms_reach_the_worker_as_the_code_reads_them(tmp_path, monkeypatch):
+    docs = render("experiment")
+    settings = settings_in_pod(docs, one(docs, "Deployment", "-worker"), tmp_path, monkeypatch)
+    assert settings.experiment.name == "head-v7"
+    assert [a.model_dump(exclude_defaults=True) for a in settings.experiment.arms] == EXPERIMENT[
+        "arms"
+    ]

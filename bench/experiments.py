@@ -52,6 +52,7 @@ from serving.trainer.dataset import Timeline
 from serving.trainer.experiments import read_arms
 from serving.trainer.sources import SourcedEvent
 from serving.trainer.triton_control import load_latest
+from serving.trainer.versions import new_model
 from stream_app.core.events import ItemUpsert
 from stream_app.core.experiment_report import ArmCounts, arm_summary, compare, render
 from stream_app.core.settings import Settings, load_settings
@@ -205,14 +206,7 @@ def _scores(metrics: dict) -> dict:
 
 def _serve(settings: Settings, name: str, trained: dict) -> Path:
     """A recommender model of this run: version 1 the zero-shot model, 2 the head."""
-    repository = Path(settings.triton.model_repository)
-    model_dir = repository / name
-    model_dir.mkdir()
-    config = (repository / "recommender" / "config.pbtxt").read_text()
-    (model_dir / "config.pbtxt").write_text(
-        config.replace('name: "recommender"', f'name: "{name}"')
-    )
-    (model_dir / "1").symlink_to((repository / "recommender" / "1").resolve())
+    model_dir = new_model(Path(settings.triton.model_repository), name)
     model = trained["model"]
     rows = {int(r) for r in np.nonzero(model.id_rows.numpy())[0]}
     write_head(model, trained["item_ids"], rows, model_dir / "2", "head-bench", *trained["parity"])

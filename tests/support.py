@@ -47,16 +47,10 @@ def own_recommender(settings: Settings, **trainer: object) -> Settings:
     """A recommender model of the test's own in the session's model repository (version 1,
     zero-shot, loaded), so a trainer can add versions without touching other tests'."""
     from serving.trainer.triton_control import load_latest
+    from serving.trainer.versions import new_model
 
     name = unique("recommender").replace("-", "_")
-    repository = Path(settings.triton.model_repository)
-    model_dir = repository / name
-    model_dir.mkdir()
-    config = (repository / "recommender" / "config.pbtxt").read_text()
-    (model_dir / "config.pbtxt").write_text(
-        config.replace('name: "recommender"', f'name: "{name}"')
-    )
-    (model_dir / "1").symlink_to((repository / "recommender" / "1").resolve())
+    new_model(Path(settings.triton.model_repository), name)
     load_latest(settings.triton.url, name, 1)
     return settings.model_copy(
         update={

@@ -210,3 +210,15 @@ def _sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def new_model(repository: Path, name: str, like: str = "recommender") -> Path:
+    """A model of its own in the repository: ``like``'s config under ``name``, and its
+    version 1 (the zero-shot model, shared with git) linked; returns its directory. For
+    benchmarks and tests that add versions without touching the served model's."""
+    model_dir = repository / name
+    model_dir.mkdir()
+    config = (repository / like / "config.pbtxt").read_text()
+    (model_dir / "config.pbtxt").write_text(config.replace(f'name: "{like}"', f'name: "{name}"'))
+    (model_dir / "1").symlink_to((repository / like / "1").resolve())
+    return model_dir

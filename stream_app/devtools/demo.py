@@ -12,8 +12,9 @@ from serving.offline.data import load_movielens
 from stream_app.core.errors import StackError
 from stream_app.core.experiment_report import render
 from stream_app.core.experiments import Experiment
+from stream_app.core.keys import ExperimentKeys
 from stream_app.core.privacy import Pseudonymiser
-from stream_app.core.settings import Settings
+from stream_app.core.settings import ExperimentSettings, Settings
 from stream_app.devtools.catalog_loader import load_catalog
 from stream_app.devtools.devstack import DevStack
 from stream_app.devtools.kafka_io import TopicReader, ensure_topics
@@ -50,10 +51,17 @@ def demo_experiment(settings: Settings) -> Settings:
 
     if settings.experiment.arms or ModelRepository.of(settings.triton).live().number == 1:
         return settings
-    experiment = settings.experiment.model_copy(update={"name": "demo", "arms": DEMO_ARMS})
-    return settings.model_copy(
-        update={"experiment": type(experiment).model_validate(experiment.model_dump())}
-    )
+    experiment = ExperimentSettings(name="demo", arms=DEMO_ARMS)
+    return settings.model_copy(update={"experiment": experiment})
+
+
+def _clear_counts(settings: Settings) -> None:
+    """The report shows this demo's counts only (an experiment of yours keeps its own)."""
+    if settings.experiment.name != "demo":
+        return
+    keys = ExperimentKeys(settings.redis.key_prefix, "demo")
+    arms = [a.name for a in settings.experiment.arms]
+    redis_client(settings).delete(keys.counts, *(keys.items(arm) for arm in arms))
 
 
 def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
@@ -65,6 +73,7 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
     settings = demo_experiment(settings)
     with prepare_stack(settings):
         served, _ = apply_experiment(settings)
+        _clear_counts(settings)
         arms = ", ".join(
             f"{a.name} (version {a.model_version}, weight {a.weight:g})"
             for a in settings.experiment.arms
@@ -192,8 +201,10 @@ def _show_cold_start(settings: Settings, planned) -> None:
             f"has the new item at position {ids.index(new_item['item_id']) + 1},"
             f" reason {shown['reason']!r}: {shown['explanation']!r}"
         )
-    print(f"  Their first click, on {title!r}, makes it {items[0]['reason']} (arm")
-    print(f"  {message['arm']!r}); the list {place}:")
+    print(
+        f"  Their first click, on {title!r} (arm {message['arm']}), makes it {items[0]['reason']};"
+    )
+    print(f"  the list {place}:")
     print(f"  {catalog.titles(ids[:5])}")
 
 

@@ -56,26 +56,20 @@ class RedisCatalog(Catalog):
 
     async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         """Title of each known item (unknown and removed items are left out)."""
-        if not item_ids:
-            return {}
-        with track_redis("titles"):
-            try:
-                raw = cast(
-                    list[bytes | None], await self._redis.hmget(self.keys.meta, list(item_ids))
-                )
-            except RedisError as exc:
-                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+        raw = await self._fields(self.keys.meta, item_ids, "titles")
         return {i: t for i, t in zip(item_ids, meta_fields(raw, "title")) if t is not None}
 
     async def added(self, item_ids: Sequence[str]) -> dict[str, float]:
         """When each item entered the catalog (0: imported with it, or unknown)."""
+        raw = await self._fields(self.keys.added, item_ids, "added")
+        return {i: float(ts or 0) for i, ts in zip(item_ids, raw)}
+
+    async def _fields(self, key: str, item_ids: Sequence[str], operation: str) -> list:
+        """One hash's values for the items (None where absent), in one round trip."""
         if not item_ids:
-            return {}
-        with track_redis("added"):
+            return []
+        with track_redis(operation):
             try:
-                raw = cast(
-                    list[bytes | None], await self._redis.hmget(self.keys.added, list(item_ids))
-                )
+                return cast(list[bytes | None], await self._redis.hmget(key, list(item_ids)))
             except RedisError as exc:
                 raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
-        return {i: float(ts or 0) for i, ts in zip(item_ids, raw)}

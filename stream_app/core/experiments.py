@@ -74,6 +74,8 @@ class Experiment:
 
     def assign(self, pseudonym: str) -> Arm:
         """The published arm this user sees."""
+        if len(self.arms) == 1:
+            return self.arms[0]  # no experiment: no hash to compute
         return max(
             (a for a in self.published if a.weight > 0),
             key=lambda a: _rendezvous_score(self.salt, a.name, pseudonym, a.weight),

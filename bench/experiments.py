@@ -235,10 +235,11 @@ def _replay_and_wait(settings: Settings, events: list[PlannedEvent], worker) -> 
     last = {e.user_id: e.event_id for e in events}
     wanted = set(last.values())
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
+    triggers = _Triggers()
     started = time.monotonic()
     replay(settings.kafka, events)
     done = reader.read_until(
-        lambda messages: wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages},
+        lambda messages: wanted <= triggers.of(messages),
         timeout_s=600,
     )
     seconds = time.monotonic() - started
@@ -384,9 +385,8 @@ def _new_item_reach(settings, client, events: list[PlannedEvent], movies: dict, 
         clicks += batch
         time.sleep(1.0)
     wanted = {e.event_id for e in clicks}
-    reader.read_until(
-        lambda ms: wanted <= {json.loads(m.value())["trigger_event_id"] for m in ms}, timeout_s=60
-    )
+    triggers = _Triggers()
+    reader.read_until(lambda messages: wanted <= triggers.of(messages), timeout_s=60)
     first: dict[str, float] = {}
     arm_of: dict[str, str] = {}
     unrelated: set[str] = set()

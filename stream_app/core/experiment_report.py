@@ -125,8 +125,14 @@ def compare(
 
 def arm_summary(arm: ArmCounts, catalog_size: int) -> dict[str, Any]:
     """One arm's figures, as the report and the benchmark files show them."""
+    if arm.shadow:
+        return {
+            "arm": arm.arm,
+            "shadow_lists": arm["shadow_lists"],
+            "overlap_at_k": _share(arm["overlap_items"], arm["shadow_slots"]),
+        }
     low, high = wilson_interval(arm["hits"], arm["impressions"])
-    summary: dict[str, Any] = {
+    return {
         "arm": arm.arm,
         "lists": arm["lists"],
         "impressions": arm["impressions"],
@@ -143,13 +149,6 @@ def arm_summary(arm: ArmCounts, catalog_size: int) -> dict[str, Any]:
         "explore_hits": arm["explore_hits"],
         "degraded_share": _share(arm["degraded"], arm["lists"]),
     }
-    if arm.shadow:
-        summary = {
-            "arm": arm.arm,
-            "shadow_lists": arm["shadow_lists"],
-            "overlap_at_k": _share(arm["overlap_items"], arm["shadow_slots"]),
-        }
-    return summary
 
 
 def render(

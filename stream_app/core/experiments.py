@@ -108,3 +108,12 @@ def group_by_arm(experiment: Experiment, pseudonyms: Sequence[str]) -> dict[str,
     for position, pseudonym in enumerate(pseudonyms):
         groups[experiment.assign(pseudonym).name].append(position)
     return {name: positions for name, positions in groups.items() if positions}
+
+
+def group_by_shadow(experiment: Experiment, pseudonyms: Sequence[str]) -> dict[str, list[int]]:
+    """Positions of the users each shadow arm scores (a user may be in several)."""
+    groups: dict[str, list[int]] = {a.name: [] for a in experiment.shadows}
+    for position, pseudonym in enumerate(pseudonyms):
+        for arm in experiment.shadowed_by(pseudonym):
+            groups[arm.name].append(position)
+    return {name: positions for name, positions in groups.items() if positions}

@@ -28,7 +28,7 @@ from stream_app.core.events import (
     parse_interaction,
     parse_item,
 )
-from stream_app.core.experiments import Arm, Experiment, group_by_arm
+from stream_app.core.experiments import Arm, Experiment, group_by_arm, group_by_shadow
 from stream_app.core.exploration import choose_new_items, explore_slots
 from stream_app.core.policy import Candidate, assemble, excluded_items
 from stream_app.core.privacy import Pseudonymiser
@@ -103,7 +103,7 @@ class Retrier:
 
 
 @dataclass(frozen=True)
-class ShownList:
+class Assembled:
     """A user's final list, and what made it."""
 
     items: tuple[RecommendedItem, ...]
@@ -145,6 +145,16 @@ class InteractionProcessor:
         self._pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
         self._retry = Retrier()
         self._experiment = Experiment.of(settings.experiment)
+        exploration, k = settings.exploration, settings.worker.top_k
+        # Exploration slots per arm; shadow arms never explore (they publish nothing).
+        self._explore_slots = {
+            arm.name: 0
+            if arm.shadow
+            else explore_slots(
+                exploration.share if arm.explore_share is None else arm.explore_share, k
+            )
+            for arm in self._experiment.arms
+        }
         triton = settings.triton
         # One breaker per arm: a version that fails degrades its own arm only.
         self._breakers = {
@@ -209,7 +219,7 @@ class InteractionProcessor:
         return _Applied(
             len(stored) - len(first_time),
             len(messages),
-            {u.user_id: m.arm for u, m in zip(updates, messages)},
+            {m.user_id: m.arm for m in messages},
         )
 
     async def _record(
@@ -259,7 +269,7 @@ class InteractionProcessor:
 
     async def _recommend(
         self, updates: list[UserUpdate], tally: Tally
-    ) -> tuple[list[ShownList], list[tuple[str, float]]]:
+    ) -> tuple[list[Assembled], list[tuple[str, float]]]:
         """Each user's final list (with the arm and model version that ranked it; degraded
         when the arm's model was unavailable: the list then comes from trending), and the
         trending items read for it."""
@@ -274,13 +284,7 @@ class InteractionProcessor:
             rows.append(HistoryRow(items, bought, sorted(skip)))
         users = [u.user_id for u in updates]
         groups = group_by_arm(self._experiment, users)
-        shadows = {
-            arm.name: [
-                i for i, user in enumerate(users) if arm in self._experiment.shadowed_by(user)
-            ]
-            for arm in self._experiment.shadows
-        }
-        shadows = {name: positions for name, positions in shadows.items() if positions}
+        shadows = group_by_shadow(self._experiment, users)
         calls = [
             self._rank(self._experiment.arm(name), [rows[i] for i in positions], k)
             for name, positions in (*groups.items(), *shadows.items())
@@ -304,7 +308,7 @@ class InteractionProcessor:
                 if ranking is not None:
                     personal[i] = ranking.lists[j]
                     fresh[i] = ranking.fresh[j] if ranking.fresh else []
-        explored = await self._explore(fresh, arm_of, k)
+        explored = await self._explore(fresh, arm_of)
         because = sorted(
             {c.because_item_id for r in (*personal, *explored) for c in r if c.because_item_id}
         )
@@ -323,13 +327,13 @@ class InteractionProcessor:
                 explored[i],
             )
             version = ranking.model_version if ranking else DEGRADED_MODEL_VERSION
-            shown.append(ShownList(final, version, ranking is None, arm_of[i]))
+            shown.append(Assembled(final, version, ranking is None, arm_of[i]))
         for name, positions in shadows.items():
             _compare_shadow(name, arm_rankings[name], positions, shown, excluded, k, tally)
         return shown, trending
 
     async def _explore(
-        self, fresh: list[list[Candidate]], arm_of: list[str], k: int
+        self, fresh: list[list[Candidate]], arm_of: list[str]
     ) -> list[list[Candidate]]:
         """The new items each user's exploration slots get (Thompson sampling over the
         items' impressions and hits so far)."""
@@ -342,15 +346,12 @@ class InteractionProcessor:
             choose_new_items(
                 candidates,
                 stats,
-                explore_slots(self._explore_share(self._experiment.arm(arm)), k),
+                self._explore_slots[arm],
                 exploration.min_hit_rate,
                 self._rng,
             )
             for candidates, arm in zip(fresh, arm_of)
         ]
-
-    def _explore_share(self, arm: Arm) -> float:
-        return self._settings.exploration.share if arm.explore_share is None else arm.explore_share
 
     async def _rank(self, arm: Arm, rows: list[HistoryRow], k: int) -> Ranking | None:
         """An arm's candidates, or None when Triton (or the arm's version) is unavailable:
@@ -361,7 +362,7 @@ class InteractionProcessor:
             return None
         exploration = self._settings.exploration
         fresh = None
-        if not arm.shadow and explore_slots(self._explore_share(arm), k) > 0:
+        if self._explore_slots[arm.name] > 0:
             fresh = FreshQuery(
                 exploration.max_age_s,
                 exploration.min_similarity,
@@ -388,7 +389,7 @@ class InteractionProcessor:
         metrics.BREAKER_OPEN.set(any(b.state != "closed" for b in self._breakers.values()))
         return ranked
 
-    def _message(self, shown: ShownList, trigger: Interaction) -> Recommendations:
+    def _message(self, shown: Assembled, trigger: Interaction) -> Recommendations:
         return Recommendations(
             user_id=trigger.user_id,
             items=shown.items,
@@ -411,7 +412,7 @@ class InteractionProcessor:
         triggers = {e.user_id: e.event_id for e in valid}
         published: Counter[str] = Counter()
         for user_id, event_id in triggers.items():
-            arm = arms.get(self._pseudonym(user_id), "")
+            arm = arms.get(user_id, "")
             metrics.END_TO_END_LATENCY.labels(arm=arm).observe(
                 max(0.0, now - produced_at[user_id, event_id])
             )
@@ -424,7 +425,7 @@ class InteractionProcessor:
 class _Applied:
     duplicates: int  # repeated events
     published: int  # lists
-    arms: dict[str, str]  # pseudonym -> arm of the list published
+    arms: dict[str, str]  # the caller's user id -> arm of the list published
 
 
 def _count_lists(
@@ -451,7 +452,7 @@ def _compare_shadow(
     arm: str,
     ranking: Ranking | None,
     positions: list[int],
-    shown: list[ShownList],
+    shown: list[Assembled],
     excluded: list[frozenset[str]],
     k: int,
     tally: Tally,

@@ -71,7 +71,21 @@ TRAINING = [
                 "{{verdict}}",
             )
         ],
-        "promoted, rejected by the gate, skipped (too few valid events) or failed.",
+        "promoted, rejected by a gate, trial (a candidate on trial for its arm), skipped"
+        " (too few valid events) or failed.",
+    ),
+    (
+        "Candidate on trial: hit rate since its trial began, candidate vs control arm",
+        "percentunit",
+        [("max by (role) (streamrec_trainer_trial_hit_rate)", "{{role}}")],
+        "With the online gate (STREAMREC_TRAINER__ONLINE_GATE_IMPRESSIONS): as of the last"
+        " cycle. 0 while no candidate is on trial.",
+    ),
+    (
+        "Candidate on trial: impressions since its trial began",
+        "short",
+        [("max by (role) (streamrec_trainer_trial_impressions)", "{{role}}")],
+        "The verdict comes once both reach ONLINE_GATE_IMPRESSIONS.",
     ),
     (
         "Cycle duration",

@@ -1,4 +1,5 @@
-"""``streamrec trainer`` and ``streamrec model list | promote VERSION | rollback``.
+"""``streamrec trainer``, ``streamrec model list | promote VERSION | rollback | discard``
+and ``streamrec experiment apply | report``.
 
 Arguments only at import (the CLI builds its parser without loading torch); each handler
 imports what it runs.
@@ -36,6 +37,7 @@ def add_trainer_commands(sub) -> None:
     promote = actions.add_parser("promote", help="serve VERSION again (as a new version)")
     promote.add_argument("version", type=int)
     actions.add_parser("rollback", help="serve the version that was live before this one")
+    actions.add_parser("discard", help="end the candidate's trial (online gate): discard it")
     experiment = sub.add_parser(
         "experiment", help="the configured experiment: serve its arms' versions, compare arms"
     )
@@ -59,12 +61,21 @@ def trainer_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def model_command(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.trainer.online_gate import CandidateSlot, end_trial
     from serving.trainer.triton_control import load_served
     from serving.trainer.versions import ModelRepository
 
     repository = ModelRepository.of(settings.triton)
     if args.action == "list":
         print(versions_table(repository))
+        candidate = CandidateSlot(repository, settings.triton.candidate_model).current()
+        if candidate is not None:
+            began = _utc(candidate.provenance["trial"]["started_at"])
+            print(f"on trial since {began} UTC: {candidate.model_version} ({candidate.path})")
+        return
+    if args.action == "discard":
+        ended = end_trial(settings, repository)
+        print(f"discarded {ended.model_version}" if ended else "no candidate is on trial")
         return
     version = (
         repository.promote(args.version) if args.action == "promote" else repository.rollback()

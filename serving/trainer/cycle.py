@@ -8,8 +8,9 @@
    ones;
 4. it is exported into a staging directory (ONNX, parity-checked), and the gate scores it
    and the live version on the held-back events through what Triton would run;
-5. promoted: the staging directory becomes the next version and Triton loads it;
-   rejected: it is deleted and nothing changes.
+5. promoted: the staging directory becomes the next version and Triton loads it (or, with
+   the online gate, it goes on trial first: ``online_gate``); rejected: it is deleted and
+   nothing changes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from serving.offline.train import TrainConfig, TrainResult, grow_id_table, train
 from serving.trainer.catalog import Catalog
 from serving.trainer.dataset import EventDataset, Timeline, build_dataset
 from serving.trainer.gate import run_gate, served_scores
+from serving.trainer.online_gate import OnlineGate
 from serving.trainer.sources import SourcedEvent
 from serving.trainer.versions import ModelRepository, Version
 from stream_app.core.experiments import Experiment
@@ -50,7 +53,7 @@ DEFAULT_HEAD = {"hidden": 64, "dropout": 0.2, "id_dropout": 0.5}
 
 @dataclass
 class CycleReport:
-    verdict: str = "skipped"  # promoted | rejected | skipped
+    verdict: str = "skipped"  # promoted | rejected | skipped | trial
     reason: str = ""
     mode: str = ""  # warm | full
     events: int = 0
@@ -62,6 +65,8 @@ class CycleReport:
     """The version number promoted, if any."""
     model_version: str = ""
     gate: dict = field(default_factory=dict)
+    online_gate: dict = field(default_factory=dict)
+    """A trial's figures (the online gate): hits and impressions of both arms since it began."""
     trained_until_ts: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -73,6 +78,14 @@ class CycleReport:
             if gate
             else ""
         )
+        online = self.online_gate
+        if online:
+            scores += (
+                f" candidate_hit_rate={online['candidate']['hit_rate']:.4f}"
+                f" control_hit_rate={online['control']['hit_rate']:.4f}"
+                f" candidate_impressions={online['candidate']['impressions']:.0f}"
+                f" control_impressions={online['control']['impressions']:.0f}"
+            )
         skipped = sum(self.skipped.values())
         return (
             f"trainer cycle verdict={self.verdict} mode={self.mode or '-'} events={self.events}"
@@ -99,8 +112,10 @@ def run_cycle(
     now: float | None = None,
     progress: bool = False,
     corrupt: Corrupt | None = None,
+    online_gate: OnlineGate | None = None,
 ) -> CycleReport:
-    """``load`` makes Triton serve a published version (returns seconds taken)."""
+    """``load`` makes Triton serve a published version. With an ``online_gate``, a
+    candidate that passes the offline gate goes on trial instead of live."""
     trainer = settings.trainer
     report = CycleReport()
     clock = time.monotonic()
@@ -187,19 +202,44 @@ def run_cycle(
                 "items": len(item_ids),
                 "gate": report.gate,
             }
-            published = repository.publish(staged, provenance)
+            if online_gate is not None:
+                on_trial = online_gate.start(staged, provenance)
+                report.seconds["load"] = _lap(clock, report.seconds)
+                report.verdict, report.version, report.model_version = "trial", None, tag
+                report.reason = f"on trial as {online_gate.slot.name} version {on_trial.number}"
+                return report
+            published = publish_and_load(repository, staged, provenance, load)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-        try:
-            report.seconds["load"] = load(published)
-        except Exception:
-            # Triton did not load it: take it out, so the repository stays loadable and
-            # live() agrees with what Triton serves.
-            repository.remove(published)
-            raise
-    repository.prune(trainer.keep_versions, Experiment.of(settings.experiment).pinned_versions())
+    report.seconds["load"] = _lap(clock, report.seconds)
+    prune(settings, repository)
     report.verdict, report.version, report.model_version = "promoted", published.number, tag
     return report
+
+
+def publish_and_load(
+    repository: ModelRepository,
+    staged: Path,
+    provenance: dict,
+    load: Callable[[Version], float],
+) -> Version:
+    """A complete staged directory becomes the next version, and Triton serves it. Hold
+    the repository's lock."""
+    published = repository.publish(staged, provenance)
+    try:
+        load(published)
+    except Exception:
+        # Triton did not load it: take it out, so the repository stays loadable and
+        # live() agrees with what Triton serves.
+        repository.remove(published)
+        raise
+    return published
+
+
+def prune(settings: Settings, repository: ModelRepository) -> None:
+    """Old versions go; those an experiment arm serves stay."""
+    pinned = Experiment.of(settings.experiment).pinned_versions()
+    repository.prune(settings.trainer.keep_versions, pinned)
 
 
 def event_dataset(

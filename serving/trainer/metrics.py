@@ -14,7 +14,7 @@ from serving.trainer.cycle import CycleReport
 from serving.trainer.versions import Version
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-VERDICTS = ("promoted", "rejected", "skipped", "failed")
+VERDICTS = ("promoted", "rejected", "trial", "skipped", "failed")
 
 MODEL_AGE = Gauge(
     "streamrec_model_age_seconds",
@@ -48,15 +48,27 @@ GATE_NDCG = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+TRIAL_IMPRESSIONS = Gauge(
+    "streamrec_trainer_trial_impressions",
+    "Impressions since the candidate on trial went on trial (online gate), by arm role.",
+    ["role"],
+    registry=REGISTRY,
+)
+TRIAL_HIT_RATE = Gauge(
+    "streamrec_trainer_trial_hit_rate",
+    "Hits per impression since the candidate on trial went on trial, by arm role.",
+    ["role"],
+    registry=REGISTRY,
+)
 CYCLES = Counter(
     "streamrec_trainer_cycles_total",
-    "Training cycles by verdict.",
+    "Training cycles by verdict (trial: a candidate on trial after the cycle).",
     ["verdict"],
     registry=REGISTRY,
 )
 GATE_FAILURES_IN_A_ROW = Gauge(
     "streamrec_trainer_gate_failures_in_a_row",
-    "Cycles in a row whose candidate the gate rejected (0 after a promotion).",
+    "Cycles in a row whose candidate a gate rejected, offline or online (0 after a promotion).",
     registry=REGISTRY,
 )
 SKIPPED_EVENTS = Counter(
@@ -96,6 +108,10 @@ def record(report: CycleReport | None, seconds: float) -> None:
     if report.gate:
         GATE_NDCG.labels("candidate").set(report.gate["candidate"]["ndcg@10"])
         GATE_NDCG.labels("live").set(report.gate["live"]["ndcg@10"])
+    for role in ("candidate", "control"):
+        tally = report.online_gate.get(role, {"impressions": 0.0, "hit_rate": 0.0})
+        TRIAL_IMPRESSIONS.labels(role).set(tally["impressions"])
+        TRIAL_HIT_RATE.labels(role).set(tally["hit_rate"])
     if report.verdict == "promoted":
         GATE_FAILURES_IN_A_ROW.set(0)
     elif report.verdict == "rejected":

@@ -20,7 +20,8 @@ from prometheus_client import start_http_server
 
 from serving.trainer import metrics
 from serving.trainer.catalog import read_catalog
-from serving.trainer.cycle import Corrupt, CycleReport, run_cycle
+from serving.trainer.cycle import Corrupt, CycleReport, prune, publish_and_load, run_cycle
+from serving.trainer.online_gate import OnlineGate
 from serving.trainer.sources import (
     SourcedEvent,
     StartAt,
@@ -52,6 +53,7 @@ class Trainer:
         self.file, self.start = file, start or StartAt()
         self.progress, self.corrupt = progress, corrupt
         self._redis = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+        self.online_gate = OnlineGate.of(settings, self.repository, self._redis)
 
     def events(self) -> Iterable[SourcedEvent]:
         if self.file is not None:
@@ -68,25 +70,50 @@ class Trainer:
     def load(self, version: Version) -> float:
         return load_served(self.settings, version.number)
 
+    def settle_trial(self, candidate: Version) -> CycleReport:
+        """The cycle of a trainer with a candidate on trial: its verdict, carried out."""
+        assert self.online_gate is not None
+        verdict = self.online_gate.verdict(candidate)
+        report = CycleReport(verdict=verdict.verdict, reason=verdict.reason, mode="online")
+        report.live_before = self.repository.live().number
+        report.online_gate = verdict.summary()
+        report.model_version = candidate.model_version
+        if verdict.verdict == "trial":
+            return report
+
+        def publish(version_dir: Path, provenance: dict) -> Version:
+            return publish_and_load(self.repository, version_dir, provenance, self.load)
+
+        published = self.online_gate.settle(verdict, publish)
+        if published is not None:
+            prune(self.settings, self.repository)
+            report.version = published.number
+        return report
+
     def cycle(self, full: bool | None = None) -> CycleReport:
         """One cycle: a full retrain after ``full_retrain_every - 1`` warm-started
-        versions in a row, unless told."""
+        versions in a row, unless told; with a candidate on trial, the trial's verdict."""
         if full is None:
             every = self.settings.trainer.full_retrain_every
             full = self.repository.warm_starts_in_a_row() >= every - 1
         started = time.monotonic()
         try:
-            catalog = read_catalog(self._redis, self.settings.redis.key_prefix)
-            report = run_cycle(
-                self.settings,
-                self.repository,
-                self.events(),
-                catalog,
-                full=full,
-                load=self.load,
-                progress=self.progress,
-                corrupt=self.corrupt,
-            )
+            on_trial = self.online_gate.on_trial() if self.online_gate else None
+            if on_trial is not None:
+                report = self.settle_trial(on_trial)
+            else:
+                catalog = read_catalog(self._redis, self.settings.redis.key_prefix)
+                report = run_cycle(
+                    self.settings,
+                    self.repository,
+                    self.events(),
+                    catalog,
+                    full=full,
+                    load=self.load,
+                    progress=self.progress,
+                    corrupt=self.corrupt,
+                    online_gate=self.online_gate,
+                )
         except Exception:
             metrics.record(None, time.monotonic() - started)
             raise

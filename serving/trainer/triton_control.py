@@ -70,6 +70,12 @@ def load_served(settings: Settings, newest: int, timeout_s: float = 120.0) -> fl
     )
 
 
+def unload(url: str, model: str) -> None:
+    """Stop serving ``model`` (requests for it then fail at once)."""
+    with grpcclient.InferenceServerClient(url) as client:
+        client.unload_model(model)
+
+
 def serving_config(model_dir: Path, versions: Sequence[int]) -> str:
     """The model's config.pbtxt as the JSON a load request takes, serving ``versions``."""
     config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config.ModelConfig())

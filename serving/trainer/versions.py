@@ -126,14 +126,11 @@ class ModelRepository:
         """Make a complete staged directory the next (live) version, in one rename. The
         number is above every numbered directory, complete or not: Triton would serve any."""
         if provenance:
-            metadata_file = staged / "head.json"
-            metadata = json.loads(metadata_file.read_text())
-            metadata["provenance"] = metadata.get("provenance", {}) | provenance
-            _write_atomically(metadata_file, json.dumps(metadata, indent=1))
+            add_provenance(staged, provenance)
         numbers = [int(p.name) for p in self.model_dir.iterdir() if p.name.isdigit()]
         target = self.model_dir / str(max(numbers, default=0) + 1)
         os.rename(staged, target)
-        _sync_dir(self.model_dir)
+        sync_dir(self.model_dir)
         return self.get(int(target.name))
 
     def promote(self, number: int, reason: str = "promoted") -> Version:
@@ -192,6 +189,14 @@ class ModelRepository:
         return None  # not a version this module wrote: an incomplete copy, say
 
 
+def add_provenance(version_dir: Path, provenance: dict) -> None:
+    """Merge ``provenance`` into a staged version's head.json."""
+    metadata_file = version_dir / "head.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["provenance"] = metadata.get("provenance", {}) | provenance
+    _write_atomically(metadata_file, json.dumps(metadata, indent=1))
+
+
 def _origin(version: Version) -> int:
     """The version a copy was made from (a copy of a copy: the first one)."""
     return int(version.provenance.get("promoted_from", version.number))
@@ -203,7 +208,7 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _sync_dir(path: Path) -> None:
+def sync_dir(path: Path) -> None:
     """The rename survives a power cut once the directory itself is on disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -218,7 +223,12 @@ def new_model(repository: Path, name: str, like: str = "recommender") -> Path:
     benchmarks and tests that add versions without touching the served model's."""
     model_dir = repository / name
     model_dir.mkdir()
-    config = (repository / like / "config.pbtxt").read_text()
-    (model_dir / "config.pbtxt").write_text(config.replace(f'name: "{like}"', f'name: "{name}"'))
+    (model_dir / "config.pbtxt").write_text(renamed_config(repository / like, name))
     (model_dir / "1").symlink_to((repository / like / "1").resolve())
     return model_dir
+
+
+def renamed_config(model_dir: Path, name: str) -> str:
+    """A model's config.pbtxt for a copy of the model called ``name``."""
+    config = (model_dir / "config.pbtxt").read_text()
+    return config.replace(f'name: "{model_dir.name}"', f'name: "{name}"')

@@ -23,6 +23,8 @@ from stream_app.core.settings import ExperimentSettings
 
 LIVE_VERSION = "live"
 """An arm's model version that means "whatever Triton serves as newest"."""
+CANDIDATE_VERSION = "candidate"
+"""An arm's model version that means "the trainer's candidate on trial, else live"."""
 DEFAULT_ARM = "default"
 
 _UNIT = float(1 << 53)
@@ -31,7 +33,7 @@ _UNIT = float(1 << 53)
 @dataclass(frozen=True)
 class Arm:
     name: str
-    model_version: str = LIVE_VERSION  # "live" or a version number of the recommender
+    model_version: str = LIVE_VERSION  # "live", "candidate" or a version number
     weight: float = 1.0  # share of users, relative to the other published arms
     shadow: bool = False  # scored for comparison, never published
     sample: float = 1.0  # shadow arms: share of users scored
@@ -41,7 +43,11 @@ class Arm:
     @property
     def triton_version(self) -> str:
         """The version to ask Triton for: "" lets Triton answer with its newest."""
-        return "" if self.model_version == LIVE_VERSION else self.model_version
+        return self.model_version if self.model_version.isdigit() else ""
+
+    @property
+    def is_candidate(self) -> bool:
+        return self.model_version == CANDIDATE_VERSION
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,19 @@ class Experiment:
 
     def pinned_versions(self) -> list[int]:
         """The recommender versions the arms name (Triton must keep them loaded)."""
-        return sorted({int(a.model_version) for a in self.arms if a.model_version != LIVE_VERSION})
+        return sorted({int(a.model_version) for a in self.arms if a.model_version.isdigit()})
+
+    @property
+    def candidate(self) -> Arm | None:
+        """The published arm a trainer candidate on trial serves."""
+        return next((a for a in self.published if a.is_candidate and a.weight > 0), None)
+
+    @property
+    def control(self) -> Arm | None:
+        """The first published live arm: what a candidate on trial is compared with."""
+        return next(
+            (a for a in self.published if a.model_version == LIVE_VERSION and a.weight > 0), None
+        )
 
 
 def _uniform(salt: str, arm: str, pseudonym: str) -> float:

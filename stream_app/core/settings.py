@@ -170,6 +170,11 @@ class TritonSettings(_Group):
     model_repository: str = "model_repository"
     """Model repository a locally launched Triton serves."""
 
+    @property
+    def candidate_model(self) -> str:
+        """The model that serves a trainer candidate on trial (trainer.online_gate_impressions)."""
+        return f"{self.recommender_model}_candidate"
+
 
 class WorkerSettings(_Group):
     batch_max_events: int = Field(256, ge=1, le=1024)
@@ -244,9 +249,10 @@ MAX_ARMS = 8
 class ArmSettings(_Group):
     name: str = Field(pattern=ARM_NAME_PATTERN)
     """The arm's name, in every message (``arm``) and metric label."""
-    model_version: str = Field("live", pattern=r"^(live|[1-9][0-9]*)$")
-    """The recommender version this arm's users are ranked by: a version number, or live
-    (the newest Triton serves)."""
+    model_version: str = Field("live", pattern=r"^(live|candidate|[1-9][0-9]*)$")
+    """The recommender version this arm's users are ranked by: a version number, live (the
+    newest Triton serves) or candidate (the trainer's candidate while one is on trial, else
+    live; see trainer.online_gate_impressions)."""
     weight: float = Field(1.0, ge=0)
     """The arm's share of users, relative to the other published arms' weights."""
     shadow: bool = False
@@ -341,6 +347,17 @@ class TrainerSettings(_Group):
     share below the live version's."""
     min_events: int = Field(1000, ge=10)
     """A cycle with fewer valid events in its window trains nothing."""
+    online_gate_impressions: int = Field(0, ge=0)
+    """Above 0, a candidate that passes the offline gate goes on trial first: the
+    experiment's candidate arm is served by it, and a later cycle promotes it once that arm
+    and the control (the first live arm) have each had this many impressions since, unless
+    its hit rate is significantly below the control's; then it is discarded (0: promote at
+    once)."""
+    online_gate_alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level of the online gate's test (two-proportion, two-sided)."""
+    online_gate_max_s: float = Field(24 * 3600.0, gt=0)
+    """A candidate still short of its impressions this long after its trial began is
+    discarded (too little traffic to judge it)."""
     keep_versions: int = Field(5, ge=2)
     """Trained versions kept in the model repository (older ones are deleted; version 1,
     the zero-shot model, always stays)."""
@@ -373,6 +390,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Level of the streamrec logger."""
 
+    @model_validator(mode="after")
+    def _online_gate_has_arms(self) -> Settings:
+        if not self.trainer.online_gate_impressions:
+            return self
+        arms = [a for a in self.experiment.arms if not a.shadow and a.weight > 0]
+        gate = "STREAMREC_TRAINER__ONLINE_GATE_IMPRESSIONS > 0 needs, in STREAMREC_EXPERIMENT"
+        if not any(a.model_version == "candidate" for a in arms):
+            raise ValueError(f'{gate}, a published arm with model_version "candidate"')
+        if not any(a.model_version == "live" for a in arms):
+            raise ValueError(f"{gate}, a published live arm to compare the candidate with")
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -390,7 +419,8 @@ def load_settings() -> Settings:
         problems = []
         for error in exc.errors():
             path = "__".join(str(part) for part in error["loc"]).upper()
-            problems.append(f"STREAMREC_{path}: {error['msg']}")
+            # A check across groups has no path of its own: its message names the variables.
+            problems.append(f"STREAMREC_{path}: {error['msg']}" if path else error["msg"])
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
@@ -409,7 +439,8 @@ def settings_table() -> str:
 
 def _row(name: str, field: FieldInfo) -> str:
     default = "" if field.default is None else f"`{field.default}`"
-    return f"| `STREAMREC_{name}` | {default} | {field.description or ''} |"
+    meaning = " ".join((field.description or "").split())  # a table row is one line
+    return f"| `STREAMREC_{name}` | {default} | {meaning} |"
 
 
 if __name__ == "__main__":

@@ -40,40 +40,58 @@ def prepare_stack(settings: Settings, workdir: Path = Path("var/stack")):
         yield stack
 
 
-DEMO_ARMS = [{"name": "head"}, {"name": "zero-shot", "model_version": "1"}]
-"""Unless an experiment is configured: the served head against the zero-shot model."""
+DEMO_ARMS = [
+    {"name": "head"},
+    {"name": "zero-shot", "model_version": "1"},
+    {"name": "candidate", "model_version": "candidate"},
+]
+"""Unless an experiment is configured: the served head against the zero-shot model, and
+an arm for the trainer's candidate on trial (the live head until there is one)."""
+DEMO_TRIAL_IMPRESSIONS = 100
+"""The demo trainer's online gate: impressions per arm before a candidate's verdict."""
+TRIAL_EVENTS = 1500
+"""Events replayed while the demo's candidate is on trial (the ones after the first)."""
 
 
 def demo_experiment(settings: Settings) -> Settings:
-    """``settings`` with the demo's two arms, when none are configured and a trained
-    version is there to compare with version 1."""
+    """``settings`` with the demo's arms and online gate, when no experiment is configured
+    and a trained version is there to compare with version 1."""
     from serving.trainer.versions import ModelRepository
 
     if settings.experiment.arms or ModelRepository.of(settings.triton).live().number == 1:
         return settings
     experiment = ExperimentSettings(name="demo", arms=DEMO_ARMS)
-    return settings.model_copy(update={"experiment": experiment})
+    trainer = settings.trainer.model_copy(
+        update={"online_gate_impressions": DEMO_TRIAL_IMPRESSIONS}
+    )
+    return settings.model_copy(update={"experiment": experiment, "trainer": trainer})
 
 
-def _clear_counts(settings: Settings) -> None:
-    """The report shows this demo's counts only (an experiment of yours keeps its own)."""
+def _fresh_demo(settings: Settings) -> None:
+    """The report shows this demo's counts only, and an earlier demo's candidate left on
+    trial goes (an experiment of yours keeps its own)."""
+    from serving.trainer.online_gate import end_trial
+    from serving.trainer.versions import ModelRepository
+
     if settings.experiment.name != "demo":
         return
     keys = ExperimentKeys(settings.redis.key_prefix, "demo")
     arms = [a.name for a in settings.experiment.arms]
     redis_client(settings).delete(keys.counts, *(keys.items(arm) for arm in arms))
+    end_trial(settings, ModelRepository.of(settings.triton))
 
 
 def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
     from serving.trainer.experiments import apply_experiment
 
     movielens = load_movielens()
-    planned = list(plan_events(movielens.ratings, run_id=uuid.uuid4().hex[:8]))[:events]
+    stream = list(plan_events(movielens.ratings, run_id=uuid.uuid4().hex[:8]))
+    planned, later = stream[:events], stream[events : events + TRIAL_EVENTS]
     last_event = {e.user_id: e.event_id for e in planned}
     settings = demo_experiment(settings)
     with prepare_stack(settings):
         served, _ = apply_experiment(settings)
-        _clear_counts(settings)
+        _fresh_demo(settings)
         arms = ", ".join(
             f"{a.name} (version {a.model_version}, weight {a.weight:g})"
             for a in settings.experiment.arms
@@ -82,10 +100,10 @@ def run_demo(settings: Settings, events: int, rate_per_s: float) -> None:
             f"Experiment {settings.experiment.name}: arms {arms or 'default (live)'};"
             f" Triton serves recommender versions {served}"
         )
-        _run(settings, planned, last_event, rate_per_s)
+        _run(settings, planned, last_event, rate_per_s, later)
 
 
-def _run(settings: Settings, planned, last_event, rate_per_s: float) -> None:
+def _run(settings: Settings, planned, last_event, rate_per_s: float, later) -> None:
     with WorkerProcess(settings, Path("var/demo/worker.log")):
         reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
         dlq_reader = TopicReader(
@@ -116,7 +134,7 @@ def _run(settings: Settings, planned, last_event, rate_per_s: float) -> None:
             )
         _show_arms(settings, reader.messages, last_event)
         _show_cold_start(settings, planned)
-        _show_learning(settings, planned)
+        _show_learning(settings, planned, later, rate_per_s)
 
 
 def _report(settings, messages, planned, last_event, dlq: int) -> None:
@@ -218,10 +236,12 @@ def _user_in(settings: Settings, arm: str) -> str:
             return user
 
 
-def _show_learning(settings: Settings, planned) -> None:
-    """One trainer cycle on the events the demo replayed (read back from the topic): the
-    gate compares it with the served version, and once Triton loads it the worker's next
-    messages name it in ``model_version``."""
+def _show_learning(settings: Settings, planned, later, rate_per_s: float) -> None:
+    """A trainer cycle on the events the demo replayed (read back from the topic): the gate
+    compares it with the served version. With the demo's online gate the candidate first
+    serves the candidate arm while more events arrive, and a second cycle judges it on
+    that arm's hits; once Triton loads it, the worker's next messages name it in
+    ``model_version``."""
     from serving.trainer.service import Trainer  # PyTorch: only the demo's last step needs it
 
     users = list(dict.fromkeys(e.user_id for e in reversed(planned)))[:3]
@@ -244,6 +264,8 @@ def _show_learning(settings: Settings, planned) -> None:
             f" vs live {live:.4f} -> {report.verdict}"
             f" ({report.mode} start, {sum(report.seconds.values()):.0f} s)"
         )
+    if report.verdict == "trial":
+        report = _try_online(settings, report, later, rate_per_s)
     if report.verdict != "promoted":
         print(f"  nothing changed: {report.reason}")
         return
@@ -253,4 +275,45 @@ def _show_learning(settings: Settings, planned) -> None:
         after = ask(user)
         for label, message in (("before", before[user]), ("after ", after)):
             titles = catalog.titles([i["item_id"] for i in message["items"][:3]])
-            print(f"  user {user} {label}: model_version={message['model_version']} {titles}")
+            print(
+                f"  user {user} {label}: arm {message['arm']}"
+                f" model_version={message['model_version']} {titles}"
+            )
+
+
+def _try_online(settings: Settings, trial, later, rate_per_s: float):
+    """The candidate on trial serves its arm while ``later`` events are replayed; then
+    the next cycle's verdict on that arm's impressions. Returns that cycle's report."""
+    from serving.trainer.service import Trainer
+
+    arm = Experiment.of(settings.experiment).candidate
+    assert arm is not None
+    print(
+        f"  {trial.reason}: arm {arm.name} is ranked by {trial.model_version} until it and the"
+        f" live arm have {settings.trainer.online_gate_impressions} impressions each"
+    )
+    reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
+    wanted = {e.event_id for e in later}
+    replay(settings.kafka, later, rate_per_s=rate_per_s)
+    reader.read_until(
+        lambda messages: wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages},
+        timeout_s=120,
+    )
+    on_trial = {
+        json.loads(m.value())["model_version"]
+        for m in reader.messages
+        if json.loads(m.value())["arm"] == arm.name
+    }
+    reader.close()
+    print(f"  {len(later)} more events; arm {arm.name}'s lists named {sorted(on_trial)}")
+    report = Trainer(settings, progress=False).cycle()
+    online = report.online_gate
+    if online:
+        c, k = online["candidate"], online["control"]
+        print(
+            f"  online gate, since the trial began: hits per impression candidate"
+            f" {c['hits']:.0f}/{c['impressions']:.0f} ({c['hit_rate']:.4f}) vs live"
+            f" {k['hits']:.0f}/{k['impressions']:.0f} ({k['hit_rate']:.4f}),"
+            f" z {online['z']:.2f}, p {online['p_value']:.3f} -> {report.verdict}"
+        )
+    return report

@@ -92,14 +92,15 @@ def create_app(settings: Settings) -> faust.App:
         policy.trending_refresh_s,
         policy.coverage_window_s,
     )
+    experiment = Experiment.of(settings.experiment)
     recommender = TritonRecommender(
         settings.triton.url,
         settings.triton.recommender_model,
         settings.triton.embedder_model,
         settings.triton.timeout_s,
+        settings.triton.candidate_model if experiment.candidate else "",
     )
     catalog = RedisCatalog(client, settings.redis.key_prefix)
-    experiment = Experiment.of(settings.experiment)
     metrics.declare_arms(experiment)
     experiments = RedisExperimentStore(
         client, settings.redis.key_prefix, experiment.name, settings.exploration.stats_ttl_s

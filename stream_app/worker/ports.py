@@ -87,6 +87,7 @@ class RankQuery:
     version: str = ""  # a recommender version; "": the newest Triton serves
     arm: str = ""  # for the latency metric
     fresh: FreshQuery | None = None
+    candidate: bool = False  # the trainer's candidate on trial, when one is served
 
 
 @dataclass(frozen=True)

@@ -370,7 +370,7 @@ class InteractionProcessor:
                 exploration.candidates,
             )
         diversity = self._settings.policy.diversity if arm.diversity is None else arm.diversity
-        query = RankQuery(k, diversity, arm.triton_version, arm.name, fresh)
+        query = RankQuery(k, diversity, arm.triton_version, arm.name, fresh, arm.is_candidate)
         try:
             ranked = await self._recommender.recommend(rows, query)
         except Exception as exc:  # noqa: BLE001  (a bug must not stall the stream either)

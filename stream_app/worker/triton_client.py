@@ -6,6 +6,7 @@ dtypes, and turns every Triton failure into :class:`InferenceUnavailable`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from stream_app.worker.ports import HistoryRow, ItemEmbedder, Ranking, RankQuery
 
 EMBED_BATCH = 64
 """Texts per item_embedder request; matches its config's max_batch_size."""
+CANDIDATE_CHECK_S = 2.0
+"""How long the answer to "is a candidate on trial served?" is trusted."""
 
 
 CHANNEL_ARGS = [
@@ -34,12 +37,21 @@ CHANNEL_ARGS = [
 
 class TritonRecommender(Recommender, ItemEmbedder):
     def __init__(
-        self, url: str, recommender_model: str, embedder_model: str, timeout_s: float
+        self,
+        url: str,
+        recommender_model: str,
+        embedder_model: str,
+        timeout_s: float,
+        candidate_model: str = "",
     ) -> None:
         self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._recommender = recommender_model
         self._embedder = embedder_model
         self._timeout_s = timeout_s
+        # The trainer loads the candidate model while a candidate is on trial and unloads
+        # it after; candidate queries go to the live model meanwhile.
+        self._candidate = candidate_model
+        self._candidate_checked = (-CANDIDATE_CHECK_S, False)  # (monotonic time, served)
 
     async def connect(self, versions: Sequence[int] = ()) -> None:
         """Check both models are ready, and the recommender ``versions`` experiment arms name."""
@@ -85,14 +97,38 @@ class TritonRecommender(Recommender, ItemEmbedder):
                 "explore_min_similarity": query.fresh.min_similarity,
                 "explore_recent": query.fresh.recent,
             }
-        result = await self._infer(
-            self._recommender, inputs, parameters, version=query.version, arm=query.arm
-        )
+        result = await self._infer_ranking(inputs, parameters, query)
         lists = _candidates(result, "TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")
         fresh = None
         if query.fresh:
             fresh = _candidates(result, "FRESH_IDS", "FRESH_SCORES", "FRESH_BECAUSE_IDS")
         return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode(), fresh)
+
+    async def _infer_ranking(self, inputs, parameters: dict, query: RankQuery):
+        if query.candidate and await self._candidate_served():
+            try:
+                return await self._infer(self._candidate, inputs, parameters, arm=query.arm)
+            except InferenceUnavailable:
+                # Unloaded since the last check (its trial ended): the live model answers.
+                # A candidate that is served but fails is the arm's failure.
+                if await self._candidate_served(recheck=True):
+                    raise
+        return await self._infer(
+            self._recommender, inputs, parameters, version=query.version, arm=query.arm
+        )
+
+    async def _candidate_served(self, recheck: bool = False) -> bool:
+        checked_at, served = self._candidate_checked
+        now = time.monotonic()
+        if not self._candidate:
+            return False
+        if recheck or now - checked_at >= CANDIDATE_CHECK_S:
+            try:
+                served = bool(await self._client.is_model_ready(self._candidate))
+            except InferenceServerException:
+                served = False
+            self._candidate_checked = (now, served)
+        return served
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for texts, batched by EMBED_BATCH."""

@@ -105,6 +105,39 @@ def test_bad_arms_fail_at_start_up_with_the_setting_named(monkeypatch, arms, mes
     assert message in str(error.value)
 
 
+def test_a_candidate_arm_asks_for_no_version_and_pins_none():
+    e = experiment({"name": "control"}, {"name": "trial", "model_version": "candidate"})
+    assert e.candidate == e.arm("trial") and e.control == e.arm("control")
+    assert (e.candidate.triton_version, e.candidate.is_candidate) == ("", True)
+    assert e.pinned_versions() == []
+    assert experiment({"name": "a"}).candidate is None
+
+
+@pytest.mark.parametrize(
+    "arms, message",
+    [
+        ([{"name": "a"}], 'a published arm with model_version "candidate"'),
+        (
+            [{"name": "a"}, {"name": "c", "model_version": "candidate", "shadow": True}],
+            'a published arm with model_version "candidate"',
+        ),
+        (
+            [{"name": "a", "model_version": "1"}, {"name": "c", "model_version": "candidate"}],
+            "a published live arm",
+        ),
+    ],
+)
+def test_the_online_gate_needs_a_candidate_and_a_live_arm(monkeypatch, arms, message):
+    monkeypatch.setenv("STREAMREC_TRAINER__ONLINE_GATE_IMPRESSIONS", "100")
+    monkeypatch.setenv("STREAMREC_EXPERIMENT__ARMS", json.dumps(arms))
+    with pytest.raises(ConfigError, match="STREAMREC_TRAINER__ONLINE_GATE_IMPRESSIONS") as error:
+        load_settings()
+    assert message in str(error.value)
+    arms = [{"name": "a"}, {"name": "c", "model_version": "candidate"}]
+    monkeypatch.setenv("STREAMREC_EXPERIMENT__ARMS", json.dumps(arms))
+    assert load_settings().trainer.online_gate_impressions == 100
+
+
 def test_arms_can_come_from_a_mounted_file(monkeypatch, tmp_path):
     path = tmp_path / "experiment.json"
     path.write_text(json.dumps({"name": "head-vs-zero", "arms": [{"name": "a"}, {"name": "b"}]}))

@@ -310,6 +310,16 @@ def test_each_arm_is_ranked_by_its_version_in_one_request_and_labels_its_message
     assert "candidate" not in {a for a, _ in store.counts if _ == "lists"}
 
 
+def test_a_candidate_arm_asks_for_the_candidate_on_trial():
+    recommender = ScriptedRecommender(items_1_to_12)
+    arms = [{"name": "control"}, {"name": "trial", "model_version": "candidate"}]
+    settings = Settings(experiment={"name": "gate", "arms": arms})
+    work = processor(InMemoryHistory(), RecordingPublisher(), settings, recommender)
+    asyncio.run(work.process([raw(click(f"u{n}", f"e{n}", "1")) for n in range(40)]))
+    asked = {q.arm: (q.version, q.candidate) for q, _ in recommender.queries}
+    assert asked == {"control": ("", False), "trial": ("", True)}
+
+
 def test_a_failing_arm_degrades_only_its_own_users():
     recommender = ScriptedRecommender(items_1_to_12)
     recommender.down_versions = {"3"}

@@ -15,6 +15,7 @@ from serving.offline.train import TrainConfig, grow_id_table, train_head
 from serving.trainer.commands import _time
 from serving.trainer.dataset import Timeline, build_dataset
 from serving.trainer.gate import GateResult
+from serving.trainer.online_gate import CandidateSlot, Tally, judge
 from serving.trainer.sources import SourcedEvent, StartAt, read_file
 from serving.trainer.versions import ModelRepository
 
@@ -262,3 +263,54 @@ def test_a_timeline_until_a_time_drops_what_came_after():
 
 def test_an_item_counts_as_in_the_catalog_from_its_first_event():
     assert timeline().first_seen().tolist() == [np.inf, 1.0, 2.0, 3.0, 7.0]
+
+
+def test_the_online_gate_promotes_unless_significantly_worse_at_its_size():
+    limits = {"impressions": 1000, "alpha": 0.05, "age_s": 60.0, "max_s": 3600.0}
+    control = Tally(1000, 100)
+    # 130/1000 against 100/1000 is z 2.10 (p 0.036): better is promoted, like equal.
+    assert judge(Tally(1000, 130), control, **limits).verdict == "promoted"
+    assert judge(Tally(1000, 100), control, **limits).verdict == "promoted"
+    worse = judge(Tally(1000, 70), Tally(1000, 100), **limits)  # z -2.40, p 0.016
+    assert (worse.verdict, round(worse.p_value, 3)) == ("rejected", 0.016)
+    # Lower, but not significantly (z -0.97, p 0.33): promoted.
+    assert judge(Tally(1000, 88), control, **limits).verdict == "promoted"
+    # Short of its size, no verdict however it looks; too long short of it: discarded.
+    short = judge(Tally(999, 0), control, **limits)
+    assert (short.verdict, short.reason) == (
+        "trial",
+        "online: 999 of 1000 impressions in the smaller arm so far",
+    )
+    assert judge(Tally(5000, 500), Tally(10, 1), **limits).verdict == "trial"
+    late = limits | {"age_s": 3601.0}
+    assert judge(Tally(999, 100), control, **late).verdict == "rejected"
+    assert Tally(1200, 150).since(Tally(200, 50)) == Tally(1000, 100)
+
+
+def test_a_candidate_enters_and_leaves_the_repository_whole(repository):
+    slot = CandidateSlot(repository, "recommender_candidate")
+    assert slot.current() is None
+    with repository.lock():
+        on_trial = slot.fill(version_dir(repository.staging_dir(), "head-new"), 2)
+    model_dir = repository.model_dir.parent / "recommender_candidate"
+    assert (on_trial.number, on_trial.model_version, on_trial.path) == (
+        2,
+        "head-new",
+        model_dir / "2",
+    )
+    assert 'name: "recommender_candidate"' in (model_dir / "config.pbtxt").read_text()
+    assert [v.number for v in repository.versions()] == [1]  # the live model is untouched
+    with pytest.raises(FileExistsError):
+        slot.fill(version_dir(repository.staging_dir(), "head-other"), 3)
+
+    with repository.lock():
+        version, rest = slot.take()
+        assert not model_dir.exists()  # out of Triton's sight in one rename
+        published = repository.publish(version, {"online_gate": {"verdict": "promoted"}})
+    assert (published.number, published.model_version) == (2, "head-new")
+    assert published.provenance["online_gate"] == {"verdict": "promoted"}
+    with repository.lock():
+        slot.fill(version_dir(repository.staging_dir(), "head-bad"), 3)
+        slot.empty()
+    assert slot.current() is None and not model_dir.exists()
+    assert repository.live().model_version == "head-new"

@@ -219,16 +219,18 @@ class OnlineGate:
         published, if any."""
         published = None
         figures = {"online_gate": verdict.summary()}
-        with self.repository.lock():
-            if verdict.verdict == "promoted":
-                version_dir, rest = self.slot.take()
-                try:
-                    published = publish(version_dir, figures)
-                finally:
-                    shutil.rmtree(rest, ignore_errors=True)
-            else:
-                self.slot.empty()
-        _unload(self.settings.triton.url, self.slot.name)
+        try:
+            with self.repository.lock():
+                if verdict.verdict == "promoted":
+                    version_dir, rest = self.slot.take()
+                    try:
+                        published = publish(version_dir, figures)
+                    finally:
+                        shutil.rmtree(rest, ignore_errors=True)
+                else:
+                    self.slot.empty()
+        finally:  # even when the promotion failed: its files are gone
+            _unload(self.settings.triton.url, self.slot.name)
         return published
 
     def _tallies(self) -> dict[str, Tally]:

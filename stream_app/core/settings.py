@@ -355,9 +355,10 @@ class TrainerSettings(_Group):
     once)."""
     online_gate_alpha: float = Field(0.05, gt=0, lt=1)
     """Significance level of the online gate's test (two-proportion, two-sided)."""
-    online_gate_max_s: float = Field(24 * 3600.0, gt=0)
+    online_gate_max_s: float = Field(4 * 3600.0, gt=0)
     """A candidate still short of its impressions this long after its trial began is
-    discarded (too little traffic to judge it)."""
+    discarded (too little traffic to judge it; the live model ages meanwhile, and
+    StreamRecModelStale fires at 6 h)."""
     keep_versions: int = Field(5, ge=2)
     """Trained versions kept in the model repository (older ones are deleted; version 1,
     the zero-shot model, always stays)."""

@@ -175,6 +175,14 @@ def _show_arms(settings: Settings, messages, last_event) -> None:
         print(f"  arm {arm}: {len(mine)} users, ranked by {versions}")
     arms, catalog_size = read_arms(redis_client(settings), settings)
     print("  " + render(settings.experiment.name, arms, catalog_size).replace("\n", "\n  "))
+    candidate = Experiment.of(settings.experiment).candidate
+    if candidate is not None:
+        print(
+            f"  No candidate is on trial yet: the live version ranks arm {candidate.name} too, so"
+            f" its difference from the live arm is one of users, not models. With {len(final)}"
+            " users the test's impressions are far from independent: trust it only with many"
+            " users."
+        )
 
 
 def _show_cold_start(settings: Settings, planned) -> None:
@@ -299,12 +307,10 @@ def _try_online(settings: Settings, trial, later, rate_per_s: float):
         lambda messages: wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages},
         timeout_s=120,
     )
-    on_trial = {
-        json.loads(m.value())["model_version"]
-        for m in reader.messages
-        if json.loads(m.value())["arm"] == arm.name
-    }
     reader.close()
+    messages = [json.loads(m.value()) for m in reader.messages]
+    ours = [m for m in messages if m["trigger_event_id"] in wanted]
+    on_trial = {m["model_version"] for m in ours if m["arm"] == arm.name}
     print(f"  {len(later)} more events; arm {arm.name}'s lists named {sorted(on_trial)}")
     report = Trainer(settings, progress=False).cycle()
     online = report.online_gate

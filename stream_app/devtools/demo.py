@@ -176,13 +176,21 @@ def _show_arms(settings: Settings, messages, last_event) -> None:
     arms, catalog_size = read_arms(redis_client(settings), settings)
     print("  " + render(settings.experiment.name, arms, catalog_size).replace("\n", "\n  "))
     candidate = Experiment.of(settings.experiment).candidate
-    if candidate is not None:
+    if candidate is not None and _on_trial(settings) is None:
         print(
             f"  No candidate is on trial yet: the live version ranks arm {candidate.name} too, so"
             f" its difference from the live arm is one of users, not models. With {len(final)}"
             " users the test's impressions are far from independent: trust it only with many"
             " users."
         )
+
+
+def _on_trial(settings: Settings):
+    from serving.trainer.online_gate import CandidateSlot
+    from serving.trainer.versions import ModelRepository
+
+    repository = ModelRepository.of(settings.triton)
+    return CandidateSlot(repository, settings.triton.candidate_model).current()
 
 
 def _show_cold_start(settings: Settings, planned) -> None:

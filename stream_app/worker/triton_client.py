@@ -118,10 +118,10 @@ class TritonRecommender(Recommender, ItemEmbedder):
         )
 
     async def _candidate_served(self, recheck: bool = False) -> bool:
-        checked_at, served = self._candidate_checked
-        now = time.monotonic()
         if not self._candidate:
             return False
+        checked_at, served = self._candidate_checked
+        now = time.monotonic()
         if recheck or now - checked_at >= CANDIDATE_CHECK_S:
             try:
                 served = bool(await self._client.is_model_ready(self._candidate))

@@ -21,11 +21,11 @@ from stream_app.core.experiments import Experiment
 from stream_app.core.keys import ExperimentKeys
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.devtools.devstack import free_port
-from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.kafka_io import ensure_topics
 from stream_app.devtools.probes import recommendations_after
-from stream_app.devtools.replay import PlannedEvent, produce_raw, replay
+from stream_app.devtools.replay import PlannedEvent, produce_raw
 from stream_app.devtools.worker_process import WorkerProcess
-from tests.support import VAR, isolated, own_recommender, unique, wait_until
+from tests.support import VAR, isolated, lists_for, own_recommender, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,21 +74,6 @@ def inferences(settings, version: str) -> int:
             settings.triton.recommender_model, version, as_json=True
         )
     return sum(int(m.get("inference_count", 0)) for m in stats.get("model_stats", []))
-
-
-def lists_for(settings, events: list[PlannedEvent], worker) -> dict[str, dict]:
-    """Produce the events; the message each one triggered, by event id."""
-    wanted = {e.event_id for e in events}
-    reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
-
-    def done(messages) -> bool:
-        return wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages}
-
-    replay(settings.kafka, events, progress=False)
-    assert reader.read_until(done, timeout_s=90), worker.log_tail()
-    reader.close()
-    messages = [json.loads(m.value()) for m in reader.messages]
-    return {m["trigger_event_id"]: m for m in messages if m["trigger_event_id"] in wanted}
 
 
 def test_arms_are_served_by_their_versions_and_sticky_across_workers_and_a_restart(ab):

@@ -4,7 +4,6 @@ that arm's impressions, and goes live or goes away."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -14,10 +13,10 @@ from serving.trainer.triton_control import served_versions
 from serving.trainer.versions import ModelRepository
 from stream_app.core.experiments import Experiment
 from stream_app.core.privacy import Pseudonymiser
-from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.kafka_io import ensure_topics
 from stream_app.devtools.replay import PlannedEvent, plan_events, replay
 from stream_app.devtools.worker_process import WorkerProcess
-from tests.support import VAR, isolated, own_recommender, unique
+from tests.support import VAR, isolated, lists_for, own_recommender, unique
 
 pytestmark = pytest.mark.integration
 
@@ -59,21 +58,6 @@ def served(settings, model: str) -> list[int]:
     return served_versions(settings.triton.url, model)
 
 
-def lists_for(settings, events: list[PlannedEvent], worker) -> dict[str, dict]:
-    """Produce the events; the message each one triggered, by user."""
-    wanted = {e.event_id for e in events}
-    reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
-
-    def done(messages) -> bool:
-        return wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages}
-
-    replay(settings.kafka, events, progress=False)
-    assert reader.read_until(done, timeout_s=90), worker.log_tail()
-    reader.close()
-    messages = [json.loads(m.value()) for m in reader.messages]
-    return {m["user_id"]: m for m in messages if m["trigger_event_id"] in wanted}
-
-
 def test_a_candidate_serves_its_arm_on_trial_then_goes_live_on_its_impressions(gated):
     repository = ModelRepository.of(gated.triton)
     candidate_model = gated.triton.candidate_model
@@ -103,7 +87,7 @@ def test_a_candidate_serves_its_arm_on_trial_then_goes_live_on_its_impressions(g
             gated, [PlannedEvent(u, unique("e"), "1", "click") for u in users], worker
         )
         # On trial: the candidate ranks the trial arm's users, the live version the others.
-        versions = {(arm[u], m["model_version"]) for u, m in first.items()}
+        versions = {(arm[m["user_id"]], m["model_version"]) for m in first.values()}
         assert versions == {("control", "weighted-mean-v1"), ("trial", started.model_version)}
         # Each user's second event is an impression of the list their first one made.
         lists_for(gated, [PlannedEvent(u, unique("e"), "50", "click") for u in users], worker)

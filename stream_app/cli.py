@@ -91,6 +91,12 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> None:
     evaluate_command(args)
 
 
+def cmd_sasrec(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.offline.runs import sasrec_command
+
+    sasrec_command(args)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from stream_app.devtools.demo import run_demo
 
@@ -156,6 +162,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "sasrec": cmd_sasrec,
     "trainer": trainer_command,
     "model": model_command,
     "experiment": experiment_command,

@@ -33,6 +33,13 @@ def add_offline_commands(sub) -> None:
             default=None,
             help="precomputed item vectors (.npy, from the served ONNX encoder)",
         )
+    sasrec = sub.add_parser(
+        "sasrec", help="the standard SASRec baseline (RecBole's defaults) on MovieLens-100k"
+    )
+    sasrec.add_argument("--seed", type=int, default=0)
+    sasrec.add_argument("--epochs", type=int, default=300)
+    sasrec.add_argument("--device", default="cpu", help="cpu or cuda")
+    sasrec.add_argument("--out", type=Path, default=Path("var/models/sasrec"))
     train = sub.choices["train"]
     train.add_argument("--no-text", action="store_true", help="id embeddings only (SASRec)")
     train.add_argument("--no-ids", action="store_true", help="text only (no learned ids)")

@@ -41,7 +41,7 @@ class Rating:
 @dataclass(frozen=True)
 class MovieLens:
     movies: tuple[Movie, ...]
-    ratings: tuple[Rating, ...]  # ordered by timestamp, then user, then item
+    ratings: tuple[Rating, ...]  # by timestamp; same-second ratings in the file's order
 
 
 def find_wheel(data_dir: Path = DATA_DIR) -> Path:
@@ -57,11 +57,14 @@ def find_wheel(data_dir: Path = DATA_DIR) -> Path:
 def load_movielens(wheel: Path | None = None) -> MovieLens:
     with zipfile.ZipFile(wheel or find_wheel()) as archive:
         movies = tuple(_movie(row) for row in _rows(archive, "item"))
-        ratings = sorted(
-            (_rating(row) for row in _rows(archive, "inter")),
-            key=lambda r: (r.timestamp, int(r.user_id), int(r.item_id)),
-        )
+        # A stable sort: ratings of the same second keep the order the file lists them in,
+        # as a stream keeps the order events arrived in (and as RecBole orders them).
+        ratings = sorted((_rating(row) for row in _rows(archive, "inter")), key=_time)
     return MovieLens(movies, tuple(ratings))
+
+
+def _time(rating: Rating) -> int:
+    return rating.timestamp
 
 
 def _rows(archive: zipfile.ZipFile, kind: str):
@@ -109,11 +112,12 @@ class Split:
 
 
 def user_sequences(movielens: MovieLens) -> Sequences:
-    """Every rating as implicit feedback, per user ordered by (timestamp, item id)."""
+    """Every rating as implicit feedback, per user in time order (same-second ratings in
+    the file's order)."""
     item_ids = tuple(sorted((m.item_id for m in movielens.movies), key=int))
     row_of = {item_id: row for row, item_id in enumerate(item_ids, start=1)}
     per_user: dict[str, list[Rating]] = {}
-    for rating in movielens.ratings:  # already ordered by time, then user, then item
+    for rating in movielens.ratings:  # already in time order
         per_user.setdefault(rating.user_id, []).append(rating)
     users = tuple(sorted(per_user, key=int))
     return Sequences(

@@ -1,10 +1,13 @@
+import zipfile
+
 import numpy as np
 import torch
 
 from serving.model_server.scoring import collapse_history, left_pad
-from serving.offline.data import Sequences, leave_one_out
+from serving.offline.data import MEMBER, Sequences, leave_one_out, load_movielens, user_sequences
 from serving.offline.evaluate import ranking_metrics, target_ranks
 from serving.offline.head import HeadConfig, ScoringHead
+from serving.offline.sasrec import SASRec, SASRecConfig, right_pad, score_fn, training_prefixes
 from serving.offline.train import learned_id_rows, training_windows
 
 
@@ -78,3 +81,47 @@ def test_served_encoder_computes_only_the_last_position_and_matches_training():
 
 def test_collapse_history_keeps_first_position_and_any_purchase():
     assert collapse_history(["a", "a", "b"], [False, True, False]) == (["a", "b"], [True, False])
+
+
+def test_same_second_ratings_keep_the_order_the_file_lists_them_in(tmp_path):
+    wheel = tmp_path / "recbole-test.whl"
+    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+        f"{u}\t{i}\t{r}\t{t}\n"
+        for u, i, r, t in [(1, 50, 4, 100), (2, 9, 3, 100), (1, 7, 5, 100), (1, 3, 2, 99)]
+    )
+    items = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + "".join(
+        f"{i}\tFilm {i}\t1990\tDrama\n" for i in (3, 7, 9, 50)
+    )
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(MEMBER.format("inter"), inter)
+        archive.writestr(MEMBER.format("item"), items)
+    movielens = load_movielens(wheel)
+    # By time; within second 100 as listed (item 50 before 7), not by user or item id.
+    assert [(r.user_id, r.item_id) for r in movielens.ratings] == [
+        ("1", "3"),
+        ("1", "50"),
+        ("2", "9"),
+        ("1", "7"),
+    ]
+    sequences = user_sequences(movielens)
+    rows = dict(zip(sequences.users, sequences.items))
+    assert [sequences.item_ids[r - 1] for r in rows["1"]] == ["3", "50", "7"]
+
+
+def test_sasrec_learns_from_every_prefix_and_ignores_padding():
+    train = sequences((1, 2, 3), (4, 5), (6,))
+    rows, lengths, targets = training_prefixes(train, max_len=2)
+    # (1)->2, (1,2)->3, (4)->5; the window keeps the newest max_len items.
+    assert rows.tolist() == [[1, 0], [1, 2], [4, 0]]
+    assert lengths.tolist() == [1, 2, 1] and targets.tolist() == [2, 3, 5]
+    assert right_pad([(1, 2, 3, 4)], 3)[0].tolist() == [[2, 3, 4]]
+
+    model = SASRec(SASRecConfig(n_items=9, max_len=4)).eval()
+    history = torch.tensor([[3, 1, 0, 0]])
+    user = model.user_vectors(history, torch.tensor([2]))
+    # Whatever sits after the last item (padding, or a later item) does not change it.
+    later = model.user_vectors(torch.tensor([[3, 1, 7, 0]]), torch.tensor([2]))
+    assert torch.allclose(user, later, atol=1e-6)
+    scores = score_fn(model)([(3, 1)], [(False, False)])
+    assert scores.shape == (1, 10)
+    assert np.allclose(scores[0], (user @ model.items.weight.T).detach().numpy()[0], atol=1e-5)

@@ -1,0 +1,230 @@
+"""A standard SASRec (Kang and McAuley, 2018), built and trained as RecBole 1.2.1 does with
+its default settings: the id-only baseline the scoring head has to beat.
+
+- Model: item and position embeddings, LayerNorm and dropout, then 2 post-norm Transformer
+  blocks (2 heads, hidden 64, feed-forward 256 with GELU, dropout 0.5 on hidden states and
+  on attention weights), every weight drawn from normal(0, 0.02). The user vector is the
+  hidden state at the last item; scores are dot products with the item embeddings.
+- Training: every prefix of a user's training sequence (its newest 50 items) predicts the
+  item that follows it (RecBole's data augmentation); full softmax cross-entropy over the
+  catalog; Adam, learning rate 1e-3, batches of 2048; early stopping on validation NDCG@10
+  after 10 epochs without a better one.
+
+Sequences are right-padded, so positions count from the first item of the window, as in
+RecBole. ``bench/reference_sasrec.py`` runs RecBole itself on the same split to check that
+this one reaches what the reference reaches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.offline.data import Sequences
+from serving.offline.evaluate import ScoreFn, Task, evaluate
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    n_items: int
+    """Catalog rows, padding row 0 not included."""
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    inner: int = 256
+    dropout: float = 0.5
+    """On embeddings and hidden states (RecBole's hidden_dropout_prob)."""
+    attention_dropout: float = 0.5
+    max_len: int = 50
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SASRecTraining:
+    epochs: int = 300
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    patience: int = 10
+    seed: int = 0
+    device: str = "cpu"
+
+
+class _Block(nn.Module):
+    """Self-attention then feed-forward, each added to its input and layer-normalised."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.query = nn.Linear(config.hidden, config.hidden)
+        self.key = nn.Linear(config.hidden, config.hidden)
+        self.value = nn.Linear(config.hidden, config.hidden)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+        self.attention_out = nn.Linear(config.hidden, config.hidden)
+        self.attention_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(config.hidden, config.inner),
+            nn.GELU(),
+            nn.Linear(config.inner, config.hidden),
+        )
+        self.feed_forward_norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, length, self.heads, hidden // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        weights = (q @ k.transpose(-2, -1)) / math.sqrt(hidden // self.heads) + bias
+        attended = self.attention_dropout(weights.softmax(dim=-1)) @ v
+        attended = attended.transpose(1, 2).reshape(batch, length, hidden)
+        x = self.attention_norm(x + self.dropout(self.attention_out(attended)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.items = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
+        self.positions = nn.Embedding(config.max_len, config.hidden)
+        self.norm = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.layers))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As RecBole: this also redraws the padding row, which then never trains.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    def user_vectors(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded item rows [B, L] and their lengths [B] -> user vectors [B, H]."""
+        length = rows.shape[1]
+        positions = torch.arange(length, device=rows.device)
+        x = self.dropout(self.norm(self.items(rows) + self.positions(positions)))
+        # Position i attends to the items at j <= i (padding comes after every item).
+        allowed = (positions[None, :] <= positions[:, None]) & (rows > 0)[:, None, :]
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        bias = bias.masked_fill(~allowed, -10000.0).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, bias)
+        return x[torch.arange(len(rows), device=rows.device), lengths - 1]
+
+    def scores(self, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Every catalog row's score [B, n_items + 1] (row 0, padding, included)."""
+        return self.user_vectors(rows, lengths) @ self.items.weight.T
+
+
+def right_pad(histories: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The newest ``max_len`` items of each history, right-padded with 0, and their counts."""
+    rows = np.zeros((len(histories), max_len), dtype=np.int64)
+    lengths = np.zeros(len(histories), dtype=np.int64)
+    for i, history in enumerate(histories):
+        window = list(history)[-max_len:]
+        rows[i, : len(window)] = window
+        lengths[i] = len(window)
+    return rows, lengths
+
+
+def training_prefixes(train: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs [N, max_len], lengths [N], targets [N]): each item after a user's first,
+    predicted from at most the ``max_len`` items before it."""
+    histories, targets = [], []
+    for items in train.items:
+        for end in range(1, len(items)):
+            histories.append(items[max(0, end - max_len) : end])
+            targets.append(items[end])
+    rows, lengths = right_pad(histories, max_len)
+    return rows, lengths, np.asarray(targets, dtype=np.int64)
+
+
+def score_fn(model: SASRec) -> ScoreFn:
+    """Full-catalog scores for the evaluation protocol (purchases are not an input)."""
+
+    def score(histories, purchased) -> np.ndarray:
+        model.eval()
+        device = model.items.weight.device
+        rows, lengths = right_pad(histories, model.config.max_len)
+        lengths = np.maximum(lengths, 1)  # an empty history scores from the padding row
+        with torch.no_grad():
+            scores = model.scores(
+                torch.from_numpy(rows).to(device), torch.from_numpy(lengths).to(device)
+            )
+        return scores.cpu().numpy()
+
+    return score
+
+
+@dataclass
+class SASRecResult:
+    model: SASRec
+    best_epoch: int
+    curve: list[dict]
+
+
+def train_sasrec(
+    config: SASRecConfig,
+    training: SASRecTraining,
+    train: Sequences,
+    valid: Task,
+    progress: bool = True,
+) -> SASRecResult:
+    """Train on ``train``'s prefixes; keep the epoch with the best ``valid`` NDCG@10."""
+    torch.manual_seed(training.seed)
+    rng = np.random.default_rng(training.seed)
+    model = SASRec(config).to(training.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+    rows, lengths, targets = (
+        torch.from_numpy(a).to(training.device) for a in training_prefixes(train, config.max_len)
+    )
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    curve = []
+    for epoch in range(1, training.epochs + 1):
+        started = time.monotonic()
+        model.train()
+        losses = []
+        order = torch.from_numpy(rng.permutation(len(rows))).to(training.device)
+        for batch in order.split(training.batch_size):
+            logits = model.scores(rows[batch], lengths[batch])
+            loss = nn.functional.cross_entropy(logits, targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = evaluate(score_fn(model), valid)
+        curve.append(
+            {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.monotonic() - started}
+            | {f"valid_{k}": v for k, v in metrics.items() if k != "users"}
+        )
+        if metrics["ndcg@10"] > best[0]:
+            best = (metrics["ndcg@10"], epoch, copy.deepcopy(model.state_dict()))
+        if progress:
+            sys.stderr.write(
+                f"\rSASRec epoch {epoch:3d} loss {curve[-1]['loss']:.4f} valid ndcg@10 "
+                f"{metrics['ndcg@10']:.4f} (best {best[0]:.4f} at {best[1]})"
+            )
+        if epoch - best[1] >= training.patience:
+            break
+    if progress:
+        sys.stderr.write("\n")
+    model.load_state_dict(best[2])
+    return SASRecResult(model, best[1], curve)

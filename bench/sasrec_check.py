@@ -76,7 +76,7 @@ def main() -> None:
             f" | {', '.join(str(int(e)) for e in epochs)}"
             f" | {np.mean(seconds):.0f} |"
         )
-    differing = [r["targets_differing_from_the_project_split"] for r in reference]
+    differing = [r.get("targets_differing_from_the_project_split", "n/a") for r in reference]
     text = "\n".join(
         [
             "# SASRec: this project's against RecBole's, on the same test targets",

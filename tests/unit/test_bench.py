@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
+
 from bench.pipeline import plan
 from bench.profile import top_functions
 from bench.report import split_table, verdicts
+from bench.sasrec_check import ndcg_at_10, paired
 from stream_app.devtools.stats import percentile
 
 
@@ -79,3 +83,21 @@ def test_split_table_shares_of_wall_time():
     }
     (row,) = split_table([phase("full speed", 1.0, split=split) | {"events": 800}])[4:]
     assert row == "| optimised, full speed | 40 | 20 | 200 | 20% | 30% | 10% | 20% | 20% |"
+
+
+def test_the_sasrec_check_pairs_users_and_tests_the_difference():
+    assert ndcg_at_10(np.array([0, 1, 9, 10])).tolist() == [
+        1.0,
+        1 / np.log2(3),
+        1 / np.log2(11),
+        0.0,
+    ]
+    rng = np.random.default_rng(1)
+    reference = rng.uniform(0, 0.2, 500)
+    same = paired(reference, reference)
+    assert (same["difference"], same["p_value"]) == (0.0, 1.0)
+    better = paired(reference + 0.02, reference)
+    assert better["relative"] > 0 and better["p_value"] < 0.001
+    assert better["ci95_low"] == pytest.approx(0.02) == better["ci95_high"]
+    noisy = paired(reference + rng.normal(0, 0.05, 500), reference)
+    assert noisy["ci95_low"] < noisy["difference"] < noisy["ci95_high"] and noisy["p_value"] > 0.01

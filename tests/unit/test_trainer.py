@@ -314,3 +314,24 @@ def test_a_candidate_enters_and_leaves_the_repository_whole(repository):
         slot.empty()
     assert slot.current() is None and not model_dir.exists()
     assert repository.live().model_version == "head-new"
+
+
+def test_model_list_shows_the_candidate_on_trial_and_discard_ends_it(repository, capsys):
+    import argparse
+
+    from serving.trainer.commands import model_command
+    from stream_app.core.settings import Settings, TritonSettings
+
+    # No Triton at this address: unloading the candidate fails, and is only logged.
+    triton = TritonSettings(model_repository=str(repository.model_dir.parent), url="127.0.0.1:1")
+    settings = Settings(triton=triton)
+    staged = version_dir(repository.staging_dir(), "head-new", trial={"started_at": 0.0})
+    with repository.lock():
+        CandidateSlot(repository, triton.candidate_model).fill(staged, 2)
+    model_command(settings, argparse.Namespace(action="list"))
+    assert "on trial since 1970-01-01 00:00:00 UTC: head-new" in capsys.readouterr().out
+    model_command(settings, argparse.Namespace(action="discard"))
+    assert capsys.readouterr().out == "discarded head-new\n"
+    assert not (repository.model_dir.parent / "recommender_candidate").exists()
+    model_command(settings, argparse.Namespace(action="discard"))
+    assert capsys.readouterr().out == "no candidate is on trial\n"

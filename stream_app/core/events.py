@@ -3,7 +3,13 @@
 Input ``interactions`` (key: user_id)::
 
     {"schema_version": 1, "event_id": "e-1", "user_id": "u-7", "item_id": "50",
-     "type": "click" | "purchase", "ts": 1764115200.25}     # ts: epoch seconds
+     "type": "click" | "purchase", "ts": 1764115200.25}
+
+``ts`` is epoch seconds (a number), or an RFC 3339 string with its offset
+("2025-11-26T00:00:00.25Z", "...+01:00"). A number of at least 1e11 is taken as epoch
+milliseconds: as seconds it would be after the year 5138, and every millisecond time after
+March 1973 is that large. A string without an offset (local time of an unknown zone) is
+rejected, not guessed.
 
 Input ``items`` (key: item_id)::
 
@@ -26,8 +32,10 @@ Output ``recommendations`` (key: user_id)::
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +47,11 @@ MAX_ID_CHARS = 128
 MAX_TITLE_CHARS = 512
 MAX_TAGS = 32
 EARLIEST_TS = 0.0  # epoch; MovieLens-era timestamps (1997) are valid history
+MILLISECONDS_FROM = 1e11
+"""A numeric ts this large is epoch milliseconds (see the module docstring)."""
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})?"
+)
 
 _WHITESPACE = str.maketrans({"\n": " ", "\t": " ", "\r": " "})
 
@@ -54,6 +67,8 @@ DLQ_REASONS = (
     "invalid_value",
     "unknown_event_type",
     "timestamp_out_of_range",
+    "invalid_timestamp",
+    "timestamp_without_offset",
     "text_too_long",
     "unknown_item",
 )
@@ -129,17 +144,11 @@ def parse_interaction(
     event_type = _string(body, "type", MAX_ID_CHARS)
     if event_type not in EVENT_TYPES:
         raise InvalidEvent("unknown_event_type", f"type must be one of {EVENT_TYPES}")
-    ts = body["ts"]
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise InvalidEvent("wrong_type", "ts must be a number (epoch seconds)")
-    try:
-        ts = float(ts)  # a 400-digit integer overflows here
-    except OverflowError:
-        ts = math.inf
+    ts = _epoch_seconds(body["ts"])
     if not math.isfinite(ts) or ts < EARLIEST_TS or ts > now + max_future_skew_s:
         raise InvalidEvent(
             "timestamp_out_of_range",
-            f"ts must be epoch seconds from {EARLIEST_TS:.0f} to now + {max_future_skew_s:.0f}s",
+            f"ts must be from epoch {EARLIEST_TS:.0f} to now + {max_future_skew_s:.0f}s",
         )
     return Interaction(
         event_id=_string(body, "event_id", MAX_ID_CHARS),
@@ -148,6 +157,41 @@ def parse_interaction(
         type=event_type,
         ts=ts,
     )
+
+
+def _epoch_seconds(ts: Any) -> float:
+    """``ts`` as epoch seconds: a number (milliseconds from MILLISECONDS_FROM up), or an
+    RFC 3339 string with an offset."""
+    if isinstance(ts, str):
+        return _rfc3339_seconds(ts)
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise InvalidEvent("wrong_type", "ts must be epoch seconds or an RFC 3339 string")
+    try:
+        seconds = float(ts)  # a 400-digit integer overflows here
+    except OverflowError:
+        return math.inf
+    return seconds / 1000.0 if seconds >= MILLISECONDS_FROM else seconds
+
+
+def _rfc3339_seconds(text: str) -> float:
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise InvalidEvent(
+            "invalid_timestamp", "ts string must be RFC 3339, e.g. 2025-11-26T00:00:00Z"
+        )
+    date, time_of_day, fraction, offset = match.groups()
+    if offset is None:
+        raise InvalidEvent(
+            "timestamp_without_offset",
+            "ts has no offset (Z or +hh:mm): a local time of an unknown zone",
+        )
+    zone = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        moment = datetime.datetime.fromisoformat(f"{date}T{time_of_day}{zone}")
+    except ValueError as exc:  # 2025-02-30, 25:00, an offset of +24:00 ...
+        raise InvalidEvent("invalid_timestamp", f"ts {text[:40]!r}: {exc}") from None
+    # Digits beyond microseconds are dropped: a float of epoch seconds cannot hold them.
+    return moment.timestamp() + int((fraction or "0")[:6].ljust(6, "0")) / 1e6
 
 
 def parse_item(raw: bytes, *, max_bytes: int, max_text_chars: int) -> ItemUpsert:

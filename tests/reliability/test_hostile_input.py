@@ -4,6 +4,7 @@ work, however odd their ids look."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 import urllib.request
@@ -18,6 +19,15 @@ from tests.support import isolated
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 NOW = time.time()
+# A valid ts in each form producers send: epoch seconds, milliseconds, RFC 3339.
+TS_FORMS = [
+    NOW,
+    int(NOW * 1000),
+    datetime.datetime.fromtimestamp(NOW, datetime.UTC).isoformat().replace("+00:00", "Z"),
+    datetime.datetime.fromtimestamp(
+        NOW, datetime.timezone(datetime.timedelta(hours=-5))
+    ).isoformat(),
+]
 
 
 def event(**changes) -> bytes:
@@ -38,7 +48,7 @@ HOSTILE_INTERACTIONS = {
     event(event_id="h3", admin=True): "unknown_field",
     event(event_id="h4", tags=list(range(2000))): "unknown_field",  # a huge array, 10 KB
     event(event_id="h5", user_id=12345): "wrong_type",
-    event(event_id="h6", ts="yesterday"): "wrong_type",
+    event(event_id="h6", ts="yesterday"): "invalid_timestamp",
     event(event_id="h7", ts=True): "wrong_type",
     event(event_id="h8", user_id="u" * 10_000): "invalid_value",
     event(event_id="h9", user_id=""): "invalid_value",
@@ -52,6 +62,8 @@ HOSTILE_INTERACTIONS = {
     event(event_id="h15", type="like"): "unknown_event_type",
     event(event_id="h16", schema_version=2): "unsupported_version",
     event(event_id="h17", item_id="no-such-item"): "unknown_item",
+    event(event_id="h18", ts="2026-12-01T07:30:00"): "timestamp_without_offset",  # local time
+    event(event_id="h19", ts={"seconds": 1}): "wrong_type",
 }
 HOSTILE_ITEMS = {
     json.dumps({"item_id": "x", "title": "T", "text": "t" * 5000}).encode(): "text_too_long",
@@ -85,7 +97,7 @@ def test_hostile_events_are_dead_lettered_with_their_reason(stack_settings, cata
     settings = ensure(isolated(stack_settings, worker={"unknown_items": "dead_letter"}))
     kafka = settings.kafka
     odd_events = [
-        (user.encode(), event(event_id=f"odd-{i}", user_id=user))
+        (user.encode(), event(event_id=f"odd-{i}", user_id=user, ts=TS_FORMS[i % len(TS_FORMS)]))
         for i, user in enumerate(ODD_BUT_VALID_USERS)
     ]
     with worker(settings, "hostile") as running:

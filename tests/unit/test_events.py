@@ -44,7 +44,14 @@ def test_valid_click_and_purchase():
         (interaction(ts=...), "missing_field"),
         (interaction(color="red"), "unknown_field"),
         (interaction(user_id=7), "wrong_type"),
-        (interaction(ts="yesterday"), "wrong_type"),
+        (interaction(ts="yesterday"), "invalid_timestamp"),
+        (interaction(ts="2025-11-26"), "invalid_timestamp"),
+        (interaction(ts="2025-02-30T00:00:00Z"), "invalid_timestamp"),
+        (interaction(ts="2025-11-26T24:00:00Z"), "invalid_timestamp"),
+        (interaction(ts="2025-11-26T00:00:00"), "timestamp_without_offset"),
+        (interaction(ts=[NOW]), "wrong_type"),
+        (interaction(ts="1969-12-31T23:59:59Z"), "timestamp_out_of_range"),
+        (interaction(ts=(NOW + 3600) * 1000), "timestamp_out_of_range"),
         (interaction(ts=True), "wrong_type"),
         (interaction(type="like"), "unknown_event_type"),
         (interaction(ts=-5), "timestamp_out_of_range"),
@@ -61,6 +68,23 @@ def test_invalid_interactions_get_a_specific_reason(raw, expected):
 def test_size_is_checked_before_parsing():
     huge = b"{" + b" " * 10_000  # would be malformed, but size wins
     assert reason(huge, max_bytes=1024) == "too_large"
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        NOW - 1,
+        int((NOW - 1) * 1000),  # epoch milliseconds
+        "2025-11-25T23:59:59Z",
+        "2025-11-25t23:59:59z",
+        "2025-11-25 23:59:59.000Z",
+        "2025-11-26T00:59:59+01:00",
+        "2025-11-25T18:29:59.000000999-05:30",  # nanoseconds beyond a float's reach: dropped
+    ],
+)
+def test_ts_is_epoch_seconds_milliseconds_or_rfc3339_with_an_offset(ts):
+    event = parse_interaction(interaction(ts=ts), **LIMITS)
+    assert event.ts == NOW - 1
 
 
 def test_item_upsert_and_its_limits():

@@ -3,6 +3,7 @@ event or is rejected with one of the documented DLQ reasons; nothing else escape
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 
@@ -33,13 +34,22 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
+rfc3339 = st.builds(
+    lambda moment, zone, sep: moment.replace(tzinfo=zone).isoformat(sep=sep).replace("+00:00", "Z"),
+    st.datetimes(),
+    st.none() | st.timezones(),
+    st.sampled_from(["T", " "]),
+)
 near_valid = st.fixed_dictionaries(
     {
         "event_id": st.text(max_size=140) | json_values,
         "user_id": st.text(max_size=140) | json_values,
         "item_id": st.text(max_size=140) | json_values,
         "type": st.sampled_from([*EVENT_TYPES, "like", ""]) | json_values,
-        "ts": st.floats(allow_nan=True, allow_infinity=True) | st.integers() | json_values,
+        "ts": st.floats(allow_nan=True, allow_infinity=True)
+        | st.integers()
+        | rfc3339
+        | json_values,
     },
     optional={"schema_version": st.integers(0, 3) | json_values, "extra": json_values},
 )
@@ -108,3 +118,18 @@ def test_oversized_payloads_are_rejected_before_parsing(size):
         assert error.reason == "too_large"
     else:
         raise AssertionError("an oversized payload was parsed")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(2025, 11, 25)
+    ),
+    st.integers(-14 * 60, 14 * 60),
+)
+def test_an_rfc3339_ts_with_an_offset_is_that_instant(moment, offset_minutes):
+    zone = datetime.timezone(datetime.timedelta(minutes=offset_minutes))
+    aware = moment.replace(tzinfo=zone)
+    body = {"event_id": "e", "user_id": "u", "item_id": "1", "type": "click"}
+    event = parse_interaction(json.dumps(body | {"ts": aware.isoformat()}).encode(), **LIMITS)
+    assert abs(event.ts - aware.timestamp()) < 1e-6

@@ -19,9 +19,10 @@ Input ``items`` (key: item_id)::
 
 Output ``recommendations`` (key: user_id)::
 
-    {"schema_version": 1, "user_id": "u-7",
-     "items": [{"item_id": "181", "score": 0.83, "reason": "personal",
-                "explanation": "because you watched Star Wars (1977)", "because_item_id": "50"},
+    {"schema_version": 2, "user_id": "u-7",
+     "items": [{"item_id": "181", "position": 1, "score": 1.0, "relevance": 0.83,
+                "reason": "personal", "explanation": "because you watched Star Wars (1977)",
+                "because_item_id": "50"},
                ...],
      "model_version": "weighted-mean-v1", "trigger_event_id": "e-1",
      "event_ts": 1764115200.25, "generated_at": 1764115200.31, "degraded": false}
@@ -33,6 +34,7 @@ Output ``recommendations`` (key: user_id)::
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import re
@@ -42,6 +44,11 @@ from typing import Any
 from stream_app.core.errors import InvalidEvent
 
 SCHEMA_VERSION = 1
+"""Of the input events."""
+RECOMMENDATIONS_SCHEMA_VERSION = 2
+"""Of the output: items carry ``position`` and a ``score`` that falls down the list, the
+stage's own number in ``relevance``. In schema 1 ``score`` was that number, whatever the
+order; the worker still writes it where worker.recommendations_schema_version is 1."""
 EVENT_TYPES = ("click", "purchase")
 MAX_ID_CHARS = 128
 MAX_TITLE_CHARS = 512
@@ -102,10 +109,25 @@ no usable history; popular now, filling a personal list that came back short; a 
 whose text fits the user's recent history, in an exploration slot."""
 
 
+def list_score(position: int, count: int) -> float:
+    """An item's standing in its list of ``count``: 1.0 for the first, falling by 1/count.
+
+    A list is ordered by several stages whose numbers share no scale (the model's
+    relevance, re-ranked for diversity; an explored item's text similarity; trending's
+    popularity), so the only score that always agrees with the order is made from the
+    order itself: a client that sorts by it keeps the list as it is."""
+    return round((count - position + 1) / count, 6)
+
+
+@functools.cache
+def _list_scores(count: int) -> tuple[tuple[int, float], ...]:
+    return tuple((p, list_score(p, count)) for p in range(1, count + 1))
+
+
 @dataclass(frozen=True)
 class RecommendedItem:
     item_id: str
-    score: float
+    relevance: float  # the number of the stage that chose it, on its reason's scale
     reason: str  # one of REASONS
     explanation: str  # short, human readable: "because you watched Heat (1995)"
     because_item_id: str | None = None  # the history item that contributed most
@@ -122,14 +144,39 @@ class Recommendations:
     degraded: bool = False  # the model was unavailable: trending items stood in
     experiment: str = "none"  # the experiment the user is in
     arm: str = "default"  # the user's arm of it (what ranked the list)
+    schema_version: int = RECOMMENDATIONS_SCHEMA_VERSION
 
     def to_json(self, with_caller_ids: bool = True) -> bytes:
         """The output message. The copy kept in Redis leaves out the ids the caller chose
         (user id, trigger event id: event ids are often built from user ids)."""
         # vars(), not asdict(): asdict deep-copies every field and was the worker's
         # largest single cost at full speed (bench/results/pipeline). Field order is kept.
-        body = {"schema_version": SCHEMA_VERSION, **vars(self)}
-        body["items"] = [vars(i) for i in self.items]
+        body = {"schema_version": self.schema_version, **vars(self)}
+        count = len(self.items)
+        if self.schema_version == 1:
+            body["items"] = [
+                {
+                    "item_id": i.item_id,
+                    "score": i.relevance,
+                    "reason": i.reason,
+                    "explanation": i.explanation,
+                    "because_item_id": i.because_item_id,
+                }
+                for i in self.items
+            ]
+        else:
+            body["items"] = [
+                {
+                    "item_id": i.item_id,
+                    "position": position,
+                    "score": score,
+                    "relevance": i.relevance,
+                    "reason": i.reason,
+                    "explanation": i.explanation,
+                    "because_item_id": i.because_item_id,
+                }
+                for (position, score), i in zip(_list_scores(count), self.items)
+            ]
         if not with_caller_ids:
             del body["user_id"], body["trigger_event_id"]
         return json.dumps(body, separators=(",", ":")).encode()

@@ -207,7 +207,7 @@ def _personal_item(
     bought = because is not None and because in purchased_in_history
     return RecommendedItem(
         item_id=candidate.item_id,
-        score=_round(candidate.score),
+        relevance=_round(candidate.score),
         reason="personal",
         explanation=explanation("personal", title, purchased=bought),
         because_item_id=because,
@@ -218,7 +218,7 @@ def _explored_item(candidate: Candidate, titles: Mapping[str, str]) -> Recommend
     because = candidate.because_item_id
     return RecommendedItem(
         item_id=candidate.item_id,
-        score=_round(candidate.score),
+        relevance=_round(candidate.score),
         reason="explore",
         explanation=explanation("explore", titles.get(because) if because else None),
         because_item_id=because,

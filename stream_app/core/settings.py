@@ -198,6 +198,10 @@ class WorkerSettings(_Group):
     DLQ with reason unknown_item (replayable once the catalog has it)."""
     max_future_skew_s: float = Field(300.0, ge=0)
     """Events stamped further than this in the future are rejected."""
+    recommendations_schema_version: int = Field(2, ge=1, le=2)
+    """Schema of the recommendations messages and the read API: 2 (items with position, a
+    score that falls down the list and the model's relevance), or 1, the earlier form
+    (score = relevance), for consumers not yet moved; 1 goes away with schema 3."""
     web_port: int = Field(6066, ge=1, le=65535)
     """Port of the worker's HTTP server (/metrics, /healthz)."""
     web_host: str = "127.0.0.1"

@@ -400,6 +400,7 @@ class InteractionProcessor:
             degraded=shown.degraded,
             experiment=self._experiment.name,
             arm=shown.arm,
+            schema_version=self._settings.worker.recommendations_schema_version,
         )
 
     def _observe_published(

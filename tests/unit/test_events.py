@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -100,20 +101,41 @@ def test_item_upsert_and_its_limits():
 
 
 def test_recommendations_message_is_versioned_json():
-    item = RecommendedItem("7", 0.5, "personal", "because you watched Heat", "6")
-    message = Recommendations("u1", (item,), "v1", "e1", NOW, NOW + 0.1)
+    items = (
+        RecommendedItem("7", 0.5, "personal", "because you watched Heat", "6"),
+        RecommendedItem("9", 0.7, "personal", "because you watched Heat", "6"),  # re-ranked
+        RecommendedItem("3", 0.71, "explore", "new, and like Heat", "6"),
+        RecommendedItem("1", 1.0, "fallback", "popular right now"),
+    )
+    message = Recommendations("u1", items, "v1", "e1", NOW, NOW + 0.1)
     body = json.loads(message.to_json())
-    assert body["schema_version"] == 1
+    assert body["schema_version"] == 2
     assert body["user_id"] == "u1"
-    assert body["items"] == [
-        {
-            "item_id": "7",
-            "score": 0.5,
-            "reason": "personal",
-            "explanation": "because you watched Heat",
-            "because_item_id": "6",
-        }
-    ]
+    assert body["items"][0] == {
+        "item_id": "7",
+        "position": 1,
+        "score": 1.0,
+        "relevance": 0.5,
+        "reason": "personal",
+        "explanation": "because you watched Heat",
+        "because_item_id": "6",
+    }
+    # Order, position and score agree whatever the stages' own numbers were.
+    assert [i["position"] for i in body["items"]] == [1, 2, 3, 4]
+    assert [i["score"] for i in body["items"]] == [1.0, 0.75, 0.5, 0.25]
+    assert [i["relevance"] for i in body["items"]] == [0.5, 0.7, 0.71, 1.0]
+    ranked = sorted(body["items"], key=lambda i: -i["score"])
+    assert [i["item_id"] for i in ranked] == ["7", "9", "3", "1"]
+    # Schema 1, for consumers not yet moved: score was the relevance.
+    old = json.loads(replace(message, schema_version=1).to_json())
+    assert old["schema_version"] == 1
+    assert old["items"][1] == {
+        "item_id": "9",
+        "score": 0.7,
+        "reason": "personal",
+        "explanation": "because you watched Heat",
+        "because_item_id": "6",
+    }
     stored = json.loads(message.to_json(with_caller_ids=False))
     assert "user_id" not in stored and "trigger_event_id" not in stored
     assert body["trigger_event_id"] == "e1"

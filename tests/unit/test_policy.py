@@ -215,8 +215,8 @@ def test_assemble_explanations():
 
 def test_assemble_rounds_scores_to_plain_floats():
     result = assemble([Candidate("a", np.float32(0.25))], [("t", 0.123456789)], (), 2, {})
-    assert [i.score for i in result] == [0.25, 0.123457]
-    assert all(type(i.score) is float for i in result)
+    assert [i.relevance for i in result] == [0.25, 0.123457]
+    assert all(type(i.relevance) is float for i in result)
 
 
 # --- explanation ------------------------------------------------------------------------

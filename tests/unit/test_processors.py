@@ -310,6 +310,15 @@ def test_each_arm_is_ranked_by_its_version_in_one_request_and_labels_its_message
     assert "candidate" not in {a for a, _ in store.counts if _ == "lists"}
 
 
+def test_schema_1_is_still_written_where_configured():
+    publisher = RecordingPublisher()
+    settings = Settings(worker={"recommendations_schema_version": 1})
+    work = processor(InMemoryHistory(), publisher, settings, ScriptedRecommender(items_1_to_12))
+    asyncio.run(work.process([raw(click("u1", "e1", "1"))]))
+    body = json.loads(publisher.published[0].to_json())
+    assert body["schema_version"] == 1 and "position" not in body["items"][0]
+
+
 def test_a_candidate_arm_asks_for_the_candidate_on_trial():
     recommender = ScriptedRecommender(items_1_to_12)
     arms = [{"name": "control"}, {"name": "trial", "model_version": "candidate"}]

@@ -160,7 +160,7 @@ def assemble(
     excluded: Collection[str],
     k: int,
     titles: Mapping[str, str],
-    purchased_in_history: Collection[str] = (),
+    purchased_in_history: Collection[str] | None = (),
     degraded: bool = False,
     explored: Sequence[Candidate] = (),
 ) -> tuple[RecommendedItem, ...]:
@@ -200,11 +200,14 @@ def assemble(
 
 
 def _personal_item(
-    candidate: Candidate, titles: Mapping[str, str], purchased_in_history: Collection[str]
+    candidate: Candidate,
+    titles: Mapping[str, str],
+    purchased_in_history: Collection[str] | None,
 ) -> RecommendedItem:
     because = candidate.because_item_id
     title = titles.get(because) if because is not None else None
-    bought = because is not None and because in purchased_in_history
+    # None: the explanation is not to tell whether the user bought it.
+    bought = None if purchased_in_history is None else because in purchased_in_history
     return RecommendedItem(
         item_id=candidate.item_id,
         relevance=_round(candidate.score),
@@ -230,11 +233,12 @@ def _round(score: float) -> float:
     return round(float(score), SCORE_DECIMALS)
 
 
-def explanation(reason: str, because_title: str | None, purchased: bool = False) -> str:
+def explanation(reason: str, because_title: str | None, purchased: bool | None = False) -> str:
     """A short, human-readable reason for showing an item.
 
     Personal and explored (new) items name a history item; a missing or blank title
-    falls back to a generic text rather than showing an id to the user.
+    falls back to a generic text rather than showing an id to the user. ``purchased``
+    None: whether the user bought the history item is not to be told.
     """
     if reason not in REASONS:
         raise ValueError(f"reason must be one of {REASONS}, got {reason!r}")
@@ -249,5 +253,7 @@ def explanation(reason: str, because_title: str | None, purchased: bool = False)
         return f"new, and like {title}" if title else "new, and like what you watched"
     if not title:
         return "recommended for you"
+    if purchased is None:  # purchases are not to be revealed: clicks read the same
+        return f"because of your interest in {title}"
     verb = "bought" if purchased else "watched"
     return f"because you {verb} {title}"

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream_app.core.access import parse_tokens
 from stream_app.core.errors import ConfigError
 
 DEVELOPMENT_USER_ID_KEY = "streamrec-development-key"
@@ -212,12 +213,35 @@ class WorkerSettings(_Group):
     """On SIGTERM, how long the worker may take to finish its in-flight batch and commit;
     past it, it exits uncommitted (code 75). Keep it under Kubernetes'
     terminationGracePeriodSeconds."""
+    read_api_tokens: SecretStr | None = None
+    """Bearer tokens of GET /recommendations/{user_id}, separated by commas or newlines
+    (several, to rotate one), at least 16 characters each; none: the read API is closed."""
+    read_api_tokens_file: str | None = None
+    """File holding the read API tokens, one a line (a mounted secret)."""
+    read_api_rate_per_s: float = Field(50.0, gt=0)
+    """Read API requests per second and token (a token bucket; 429 beyond)."""
+    read_api_burst: int = Field(100, ge=1)
+    """Read API requests a token may make at once before the rate applies."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokens_file(cls, data: object) -> object:
+        return _secret_from_file(data, "read_api_tokens")
+
+    @model_validator(mode="after")
+    def _tokens_long_enough(self) -> WorkerSettings:
+        if self.read_api_tokens is not None:
+            parse_tokens(self.read_api_tokens.get_secret_value())
+        return self
 
 
 class PolicySettings(_Group):
     exclude_clicked: bool = True
     """Never recommend items the user clicked (within the history); purchases are always
     excluded."""
+    explain_purchases: bool = True
+    """Explanations may say "because you bought X"; false: "because of your interest in X",
+    for clicks and purchases alike, so lists and the read API do not reveal purchases."""
     diversity: float = Field(0.8, ge=0.0, le=1.0)
     """MMR lambda: 1.0 ranks by relevance alone, lower values trade relevance for variety."""
     purchased_max: int = Field(1000, ge=1, le=10_000)

@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> faust.App:
             "user ids are pseudonymised with the built-in development key: set"
             " STREAMREC_PRIVACY__USER_ID_KEY to a secret in production"
         )
-    web.register(app, history, client, recommender, pseudonym)
+    web.register(app, history, client, recommender, pseudonym, settings.worker)
     worker = settings.worker
     batch_window_s = worker.batch_window_ms / 1000
 

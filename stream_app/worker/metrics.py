@@ -186,6 +186,14 @@ ERRORS = Counter(
     ["component"],
     registry=REGISTRY,
 )
+READ_API_REQUESTS = Counter(
+    "streamrec_read_api_requests_total",
+    "Requests to GET /recommendations/{user_id}, by outcome (served, unauthorized, rate_limited).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+for _outcome in ("served", "unauthorized", "rate_limited"):
+    READ_API_REQUESTS.labels(_outcome)
 
 
 # Series of known label values exist from the start (at 0), so dashboards and alerts see

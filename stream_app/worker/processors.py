@@ -322,7 +322,7 @@ class InteractionProcessor:
                 excluded[i],
                 k,
                 titles,
-                update.purchased,
+                update.purchased if self._settings.policy.explain_purchases else None,
                 ranking is None,
                 explored[i],
             )

@@ -36,6 +36,8 @@ from tests.support import VAR, isolated, unique, wait_until
 pytestmark = pytest.mark.integration
 
 HISTORY_LENGTH = 20
+OLD_TOKEN, NEW_TOKEN = "it-old-token-0123456789", "it-new-token-9876543210"  # a rotation
+READ_BURST = 8
 LIGHT_USERS, LIGHT_RATINGS = 30, 8  # at most 16 events each: their whole past fits the history
 HEAVY_USERS, HEAVY_RATINGS = 3, 25  # more events than the history keeps: tests the cap
 
@@ -56,7 +58,12 @@ MALFORMED = {
 
 @pytest.fixture(scope="module")
 def settings(stack_settings: Settings, catalog: int) -> Settings:
-    return isolated(stack_settings, "it", redis={"history_length": HISTORY_LENGTH})
+    return isolated(
+        stack_settings,
+        "it",
+        redis={"history_length": HISTORY_LENGTH},
+        worker={"read_api_tokens": f"{OLD_TOKEN},{NEW_TOKEN}", "read_api_burst": READ_BURST},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +247,43 @@ def test_consumer_lag_is_measured_per_owned_partition_and_drains(settings, proce
     ), lag_samples()
 
 
+def read(url: str, token: str | None = NEW_TOKEN) -> urllib.request.Request:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return urllib.request.Request(url, headers=headers)
+
+
+def status_of(request: urllib.request.Request) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()) | {"headers": dict(error.headers)}
+
+
+def test_the_read_api_wants_a_token_and_keeps_to_its_rate(settings, processed):
+    user = next(iter(processed["last_event"]))
+    url = f"http://127.0.0.1:{settings.worker.web_port}/recommendations/{user}"
+    for token in (None, "it-old-token-012345678", "not-a-token-at-all-really"):
+        code, body = status_of(read(url, token))
+        assert (code, body["error"]) == (401, "unauthorized"), token
+        assert body["headers"]["WWW-Authenticate"].startswith("Bearer")
+    # The same answer whether or not the user exists: nothing is looked up first.
+    assert status_of(read(url + "-nobody", None))[1]["detail"] == body["detail"]
+    assert status_of(read(url, OLD_TOKEN))[0] == 200  # both tokens of a rotation work
+    codes = [status_of(read(url, OLD_TOKEN))[0] for _ in range(READ_BURST + 5)]
+    assert 429 in codes and codes.index(429) >= READ_BURST - 2
+    assert status_of(read(url, NEW_TOKEN))[0] == 200  # the other token has its own rate
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.worker.web_port}/metrics") as page:
+        exposition = page.read().decode()
+    assert 'streamrec_read_api_requests_total{outcome="unauthorized"}' in exposition
+
+
 def test_health_and_read_api(settings, processed):
     user = next(iter(processed["last_event"]))
     base = f"http://127.0.0.1:{settings.worker.web_port}"
     with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
         assert json.loads(response.read())["ready"] is True
-    with urllib.request.urlopen(f"{base}/recommendations/{user}", timeout=5) as response:
+    with urllib.request.urlopen(read(f"{base}/recommendations/{user}"), timeout=5) as response:
         assert response.headers["Content-Type"].startswith("application/json")
         body = json.loads(response.read())
     # What the topic carried, but for the trigger event id (Redis keeps no caller ids).
@@ -277,7 +315,7 @@ def test_health_and_read_api(settings, processed):
     assert positions == list(range(1, len(positions) + 1))
     assert scores == sorted(scores, reverse=True) and len(set(scores)) == len(scores)
     with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(f"{base}/recommendations/{unique('nobody')}", timeout=5)
+        urllib.request.urlopen(read(f"{base}/recommendations/{unique('nobody')}"), timeout=5)
     assert missing.value.code == 404
     error = json.loads(missing.value.read())
     assert error["error"] == "not_found" and "no recommendations for this user" in error["detail"]

@@ -255,7 +255,7 @@ def settings_in_pod(docs, deployment: dict, tmp_path: Path, monkeypatch) -> Sett
         if variable.endswith("_FILE"):
             assert value in mounted, f"{variable}={value} is not a file mounted from a Secret"
             value = str(tmp_path / Path(value).name)
-            Path(value).write_text("stand-in\n")
+            Path(value).write_text("a-stand-in-secret-of-some-length\n")
         monkeypatch.setenv(variable, value)
     return load_settings()
 

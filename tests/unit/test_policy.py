@@ -256,3 +256,15 @@ def test_assemble_puts_explored_items_in_the_last_slots_with_their_reason():
     assert ids(again) == ["a", "b", "c"]
     twice = assemble(personal, [], (), 3, TITLES, explored=[Candidate("a", 0.7, "b")])
     assert ids(twice) == ["b", "c", "a"] and twice[-1].reason == "explore"
+
+
+def test_explanations_can_keep_purchases_to_themselves():
+    assert explanation("personal", "Heat", purchased=True) == "because you bought Heat"
+    assert explanation("personal", "Heat", purchased=None) == "because of your interest in Heat"
+    ranked = [Candidate("7", 0.9, "6")]
+    told = assemble(ranked, [], set(), 10, {"6": "Heat"}, purchased_in_history={"6"})
+    untold = assemble(ranked, [], set(), 10, {"6": "Heat"}, purchased_in_history=None)
+    assert (told[0].explanation, untold[0].explanation) == (
+        "because you bought Heat",
+        "because of your interest in Heat",
+    )

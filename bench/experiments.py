@@ -59,6 +59,7 @@ from stream_app.core.settings import Settings, load_settings
 from stream_app.devtools.demo import prepare_stack
 from stream_app.devtools.devstack import isolated
 from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.probes import Triggers
 from stream_app.devtools.redis_io import CatalogStore, redis_client
 from stream_app.devtools.replay import PlannedEvent, encode, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import WorkerProcess
@@ -235,7 +236,7 @@ def _replay_and_wait(settings: Settings, events: list[PlannedEvent], worker) -> 
     last = {e.user_id: e.event_id for e in events}
     wanted = set(last.values())
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
-    triggers = _Triggers()
+    triggers = Triggers()
     started = time.monotonic()
     replay(settings.kafka, events)
     done = reader.read_until(
@@ -272,7 +273,7 @@ def _replay_in_rounds(settings: Settings, events: list[PlannedEvent], worker) ->
         rounds[position[e.user_id]].append(e)
         position[e.user_id] += 1
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
-    triggers = _Triggers()
+    triggers = Triggers()
     started = time.monotonic()
     for number in sorted(rounds):
         wanted = {e.event_id for e in rounds[number]}
@@ -290,20 +291,6 @@ def _replay_in_rounds(settings: Settings, events: list[PlannedEvent], worker) ->
         "seconds": seconds,
         "events_per_s": len(events) / seconds,
     }
-
-
-class _Triggers:
-    """The trigger event ids of the messages read so far, parsed once each."""
-
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self._parsed = 0
-
-    def of(self, messages) -> set[str]:
-        for message in messages[self._parsed :]:
-            self.ids.add(json.loads(message.value())["trigger_event_id"])
-        self._parsed = len(messages)
-        return self.ids
 
 
 def _item(movie: Movie) -> ItemUpsert:
@@ -385,7 +372,7 @@ def _new_item_reach(settings, client, events: list[PlannedEvent], movies: dict, 
         clicks += batch
         time.sleep(1.0)
     wanted = {e.event_id for e in clicks}
-    triggers = _Triggers()
+    triggers = Triggers()
     reader.read_until(lambda messages: wanted <= triggers.of(messages), timeout_s=60)
     first: dict[str, float] = {}
     arm_of: dict[str, str] = {}

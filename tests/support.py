@@ -65,16 +65,13 @@ def lists_for(settings: Settings, events: list, worker) -> dict[str, dict]:
     """Produce the events (PlannedEvents) and wait for a worker's lists: the message each
     one triggered, by event id."""
     from stream_app.devtools.kafka_io import TopicReader
+    from stream_app.devtools.probes import Triggers
     from stream_app.devtools.replay import replay
 
-    wanted = {e.event_id for e in events}
+    wanted, triggers = {e.event_id for e in events}, Triggers()
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
-
-    def done(messages) -> bool:
-        return wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages}
-
     replay(settings.kafka, events, progress=False)
-    assert reader.read_until(done, timeout_s=90), worker.log_tail()
+    assert reader.read_until(lambda ms: wanted <= triggers.of(ms), timeout_s=90), worker.log_tail()
     reader.close()
     messages = [json.loads(m.value()) for m in reader.messages]
     return {m["trigger_event_id"]: m for m in messages if m["trigger_event_id"] in wanted}

@@ -422,14 +422,15 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
 
 
 def run_sasrec(
-    prepared: Prepared, training: SASRecTraining, progress: bool = False
+    split: Split, training: SASRecTraining, progress: bool = False
 ) -> tuple[SASRecResult, dict, np.ndarray]:
-    """The standard SASRec on the standard protocol: the result, its test metrics and each
-    test user's target rank (in ``prepared.split.train.users`` order)."""
-    train, valid, test = protocol_data(prepared, "standard")
+    """The standard SASRec on the standard protocol (ids only: no text vectors needed):
+    the result, its test metrics and each test user's target rank, in
+    ``split.train.users`` order."""
+    test = next_item_task(split, "test")
     started = time.monotonic()
-    config = SASRecConfig(n_items=prepared.sequences.n_items)
-    result = train_sasrec(config, training, train, valid, progress)
+    config = SASRecConfig(n_items=split.train.n_items)
+    result = train_sasrec(config, training, split.train, next_item_task(split, "valid"), progress)
     ranks = target_ranks_of(sasrec_scores(result.model), test)
     metrics = ranking_metrics(ranks) | {"users": float(len(ranks))}
     metrics["train_seconds"] = time.monotonic() - started
@@ -438,16 +439,16 @@ def run_sasrec(
 
 
 def sasrec_command(args) -> None:
-    prepared = prepare()
+    split = leave_one_out(user_sequences(load_movielens()))
     training = SASRecTraining(epochs=args.epochs, seed=args.seed, device=args.device)
-    result, metrics, ranks = run_sasrec(prepared, training, progress=True)
+    result, metrics, ranks = run_sasrec(split, training, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = {
         "model": "SASRec (RecBole defaults), serving/offline/sasrec.py",
         "config": result.model.config.to_dict(),
         "training": asdict(training),
         "test": metrics,
-        "ranks": dict(zip(prepared.split.train.users, ranks.tolist())),
+        "ranks": dict(zip(split.train.users, ranks.tolist())),
         "curve": result.curve,
     }
     (args.out / "results.json").write_text(json.dumps(figures, indent=1))

@@ -17,7 +17,6 @@ this one reaches what the reference reaches.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -30,6 +29,7 @@ from torch import nn
 
 from serving.offline.data import Sequences
 from serving.offline.evaluate import ScoreFn, Task, evaluate
+from serving.offline.train import BestEpoch
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def train_sasrec(
     rows, lengths, targets = (
         torch.from_numpy(a).to(training.device) for a in training_prefixes(train, config.max_len)
     )
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = BestEpoch(training.patience)
     curve = []
     for epoch in range(1, training.epochs + 1):
         started = time.monotonic()
@@ -215,16 +215,15 @@ def train_sasrec(
             {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.monotonic() - started}
             | {f"valid_{k}": v for k, v in metrics.items() if k != "users"}
         )
-        if metrics["ndcg@10"] > best[0]:
-            best = (metrics["ndcg@10"], epoch, copy.deepcopy(model.state_dict()))
+        stop = best.update(model, epoch, metrics["ndcg@10"])
         if progress:
             sys.stderr.write(
                 f"\rSASRec epoch {epoch:3d} loss {curve[-1]['loss']:.4f} valid ndcg@10 "
-                f"{metrics['ndcg@10']:.4f} (best {best[0]:.4f} at {best[1]})"
+                f"{metrics['ndcg@10']:.4f} {best.progress()}"
             )
-        if epoch - best[1] >= training.patience:
+        if stop:
             break
     if progress:
         sys.stderr.write("\n")
-    model.load_state_dict(best[2])
-    return SASRecResult(model, best[1], curve)
+    model.load_state_dict(best.state)
+    return SASRecResult(model, best.epoch, curve)

@@ -78,6 +78,25 @@ def grow_id_table(
 
 
 @dataclass
+class BestEpoch:
+    """Early stopping on validation NDCG@10: the best epoch so far and its weights."""
+
+    patience: int
+    ndcg: float = -1.0
+    epoch: int = 0
+    state: dict = field(default_factory=dict)
+
+    def update(self, model: nn.Module, epoch: int, ndcg: float) -> bool:
+        """Record an epoch's score; True once ``patience`` epochs went by without a better."""
+        if ndcg > self.ndcg:
+            self.ndcg, self.epoch, self.state = ndcg, epoch, copy.deepcopy(model.state_dict())
+        return epoch - self.epoch >= self.patience
+
+    def progress(self) -> str:
+        return f"(best {self.ndcg:.4f} at {self.epoch})"
+
+
+@dataclass
 class TrainResult:
     model: ScoringHead
     best_epoch: int
@@ -146,7 +165,7 @@ def train_head(
     windows, window_types = training_windows(train, head_config.max_len)
     rows = torch.from_numpy(windows).to(config.device)
     types = torch.from_numpy(window_types).to(config.device)
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = BestEpoch(config.patience)
     result = TrainResult(model, 0)
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
@@ -174,22 +193,21 @@ def train_head(
             | {"seconds": time.monotonic() - started}
             | {f"valid_{k}": v for k, v in metrics.items() if k != "users"}
         )
-        if metrics["ndcg@10"] > best[0]:
-            best = (metrics["ndcg@10"], epoch, copy.deepcopy(model.state_dict()))
+        stop = best.update(model, epoch, metrics["ndcg@10"])
         if progress:
             sys.stderr.write(
                 f"\repoch {epoch:3d} loss {np.mean(losses):.4f} valid ndcg@10 "
-                f"{metrics['ndcg@10']:.4f} (best {best[0]:.4f} at {best[1]})"
+                f"{metrics['ndcg@10']:.4f} {best.progress()}"
             )
-        if epoch - best[1] >= config.patience:
+        if stop:
             break
     if progress:
         sys.stderr.write("\n")
     if valid is None:
         result.best_epoch = len(result.curve)
         return result
-    model.load_state_dict(best[2])
-    result.best_epoch = best[1]
+    model.load_state_dict(best.state)
+    result.best_epoch = best.epoch
     return result
 
 

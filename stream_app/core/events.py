@@ -150,9 +150,9 @@ class Recommendations:
         """The output message. The copy kept in Redis leaves out the ids the caller chose
         (user id, trigger event id: event ids are often built from user ids)."""
         # vars(), not asdict(): asdict deep-copies every field and was the worker's
-        # largest single cost at full speed (bench/results/pipeline). Field order is kept.
+        # largest single cost at full speed (bench/results/pipeline). Field order is kept;
+        # the items are written out by hand, in the schema's form.
         body = {"schema_version": self.schema_version, **vars(self)}
-        count = len(self.items)
         if self.schema_version == 1:
             body["items"] = [
                 {
@@ -175,7 +175,7 @@ class Recommendations:
                     "explanation": i.explanation,
                     "because_item_id": i.because_item_id,
                 }
-                for (position, score), i in zip(_list_scores(count), self.items)
+                for (position, score), i in zip(_list_scores(len(self.items)), self.items)
             ]
         if not with_caller_ids:
             del body["user_id"], body["trigger_event_id"]

@@ -18,7 +18,7 @@ from stream_app.core.settings import ExperimentSettings, Settings
 from stream_app.devtools.catalog_loader import load_catalog
 from stream_app.devtools.devstack import DevStack
 from stream_app.devtools.kafka_io import TopicReader, ensure_topics
-from stream_app.devtools.probes import recommendations_after, scrape
+from stream_app.devtools.probes import Triggers, recommendations_after, scrape
 from stream_app.devtools.redis_io import CatalogStore, redis_client
 from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
 from stream_app.devtools.stats import percentile
@@ -117,13 +117,8 @@ def _run(settings: Settings, planned, last_event, rate_per_s: float, later) -> N
         )
         replay(settings.kafka, planned, rate_per_s=rate_per_s)
 
-        wanted = set(last_event.values())
-
-        def all_users_served(messages) -> bool:
-            triggers = {json.loads(m.value())["trigger_event_id"] for m in messages}
-            return wanted <= triggers
-
-        served = reader.read_until(all_users_served, timeout_s=120)
+        wanted, triggers = set(last_event.values()), Triggers()
+        served = reader.read_until(lambda ms: wanted <= triggers.of(ms), timeout_s=120)
         dlq = len(dlq_reader.drain(quiet_s=2.0)) - dlq_before
         _report(settings, reader.messages, planned, last_event, dlq)
         reader.close()
@@ -309,12 +304,9 @@ def _try_online(settings: Settings, trial, later, rate_per_s: float):
         f" live arm have {settings.trainer.online_gate_impressions} impressions each"
     )
     reader = TopicReader(settings.kafka, settings.kafka.recommendations_topic)
-    wanted = {e.event_id for e in later}
+    wanted, triggers = {e.event_id for e in later}, Triggers()
     replay(settings.kafka, later, rate_per_s=rate_per_s)
-    reader.read_until(
-        lambda messages: wanted <= {json.loads(m.value())["trigger_event_id"] for m in messages},
-        timeout_s=120,
-    )
+    reader.read_until(lambda ms: wanted <= triggers.of(ms), timeout_s=120)
     reader.close()
     messages = [json.loads(m.value()) for m in reader.messages]
     ours = [m for m in messages if m["trigger_event_id"] in wanted]

@@ -1,7 +1,7 @@
 """Client-side probes for the demo and the tests: what a backend team would check by hand.
 
-One live event in, the recommendations it triggered out; a value scraped from a
-Prometheus ``/metrics`` endpoint.
+One live event in, the recommendations it triggered out; the trigger event ids a reader
+has seen; a value scraped from a Prometheus ``/metrics`` endpoint.
 """
 
 from __future__ import annotations
@@ -16,19 +16,34 @@ from stream_app.devtools.kafka_io import TopicReader
 from stream_app.devtools.replay import PlannedEvent, encode, produce_raw
 
 
+class Triggers:
+    """The trigger event ids of the recommendations messages read so far, each message
+    parsed once (a reader's ``messages`` only grows): a ``read_until`` condition that
+    stays cheap over a long wait."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self._parsed = 0
+
+    def of(self, messages) -> set[str]:
+        for message in messages[self._parsed :]:
+            self.ids.add(json.loads(message.value())["trigger_event_id"])
+        self._parsed = len(messages)
+        return self.ids
+
+
 def recommendations_after(kafka: KafkaSettings, event: PlannedEvent, timeout_s: float = 30.0):
     """Produce one live event; return the recommendations message it triggered (a dict)."""
     produce_raw(
         kafka, kafka.interactions_topic, [(event.user_id.encode(), encode(event, time.time()))]
     )
 
-    def triggered(message) -> bool:
-        return json.loads(message.value())["trigger_event_id"] == event.event_id
-
+    triggers = Triggers()
     with TopicReader(kafka, kafka.recommendations_topic) as reader:
-        if not reader.read_until(lambda messages: any(map(triggered, messages)), timeout_s):
+        if not reader.read_until(lambda ms: event.event_id in triggers.of(ms), timeout_s):
             raise TimeoutError(f"no recommendations for event {event.event_id} in {timeout_s} s")
-    return next(json.loads(m.value()) for m in reader.messages if triggered(m))
+    messages = (json.loads(m.value()) for m in reader.messages)
+    return next(m for m in messages if m["trigger_event_id"] == event.event_id)
 
 
 def scrape(url: str, name: str, **labels: str) -> float:

@@ -89,7 +89,7 @@ def main() -> None:
     args.add_argument(
         "--checkpoints",
         type=Path,
-        default=Path("/var/tmp/streamrec-reference-sasrec"),
+        default=Path("var/reference-sasrec"),
         help="RecBole's best checkpoint so far; a run started again resumes from it",
     )
     options = args.parse_args()

@@ -88,6 +88,9 @@ class Interaction:
     item_id: str
     type: str
     ts: float
+    arrival: int = 0
+    """Its offset in its Kafka partition (0 where unknown): events with the same ts keep
+    this order, the order they were produced in (a user's events share one partition)."""
 
     @property
     def is_purchase(self) -> bool:
@@ -183,9 +186,10 @@ class Recommendations:
 
 
 def parse_interaction(
-    raw: bytes, *, max_bytes: int, now: float, max_future_skew_s: float
+    raw: bytes, *, max_bytes: int, now: float, max_future_skew_s: float, arrival: int = 0
 ) -> Interaction:
-    """Validate one raw ``interactions`` message; raise InvalidEvent with a reason."""
+    """Validate one raw ``interactions`` message (``arrival``: its Kafka offset); raise
+    InvalidEvent with a reason."""
     body = _decode_object(raw, max_bytes)
     _check_fields(body, required={"event_id", "user_id", "item_id", "type", "ts"}, optional=set())
     event_type = _string(body, "type", MAX_ID_CHARS)
@@ -203,6 +207,7 @@ def parse_interaction(
         item_id=_string(body, "item_id", MAX_ID_CHARS),
         type=event_type,
         ts=ts,
+        arrival=arrival,
     )
 
 

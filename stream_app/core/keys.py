@@ -5,7 +5,8 @@ All keys start with the configured prefix (``STREAMREC_REDIS__KEY_PREFIX``). Key
 one Lua script changes together share a hash tag, so each script stays in one Redis
 Cluster slot:
 
-    <prefix>h:{<user>}       sorted set, member "event_id\\titem_id\\ttype", score = event ts
+    <prefix>h:{<user>}       sorted set, member "arrival\\tevent_id\\titem_id\\ttype", score = ts
+                             (arrival: the Kafka offset, 19 digits: same-ts events in that order)
     <prefix>seen:{<user>}    sorted set of applied event ids (the dedup window), score = ts
     <prefix>bought:{<user>}  sorted set of purchased item ids (never recommended), score = ts
     <prefix>recs:{<user>}    the latest recommendations (JSON, without the caller's ids)

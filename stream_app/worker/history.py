@@ -3,8 +3,10 @@ recommendations (keys: ``core.keys.UserKeys``, all four expiring after the same 
 
 A batch is one pipeline holding one script call per user: one network round trip, which
 also returns what the policy and the hit-rate metric need (purchases, the last list).
-History members are "event_id\\titem_id\\ttype" scored by the event time; equal times
-order by member, and event ids are pseudonymised too.
+History members are "arrival\\tevent_id\\titem_id\\ttype" scored by the event time, with
+arrival the event's Kafka offset zero-padded to 19 digits: Redis orders equal scores by
+member, so events with the same time keep the order they were produced in. Event ids are
+pseudonymised too.
 """
 
 from __future__ import annotations
@@ -24,20 +26,21 @@ from stream_app.worker.ports import History, HistoryEntry, UserUpdate
 
 # Applies a user's events in order. An event whose id is in the dedup window changes
 # nothing (flag 0); otherwise it joins the history (flag 1). Ordering is by event time,
-# so late events land in their place; trimming keeps the newest entries.
+# then arrival, so late events land in their place; trimming keeps the newest entries.
 APPEND_LUA = """
 local history_len = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local bought_max = tonumber(ARGV[4])
 local flags = {}
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   local event_id, item_id, event_type, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('ZSCORE', KEYS[2], event_id) then
     flags[#flags + 1] = 0
   else
     redis.call('ZADD', KEYS[2], ts, event_id)
-    redis.call('ZADD', KEYS[1], ts, event_id .. '\\t' .. item_id .. '\\t' .. event_type)
+    redis.call('ZADD', KEYS[1], ts,
+               ARGV[i + 4] .. '\\t' .. event_id .. '\\t' .. item_id .. '\\t' .. event_type)
     if event_type == 'purchase' then
       redis.call('ZADD', KEYS[3], ts, item_id)
     end
@@ -99,7 +102,7 @@ class RedisHistory(History):
             for user_id, user_events in by_user.items():
                 args: list[str | int | float] = list(self._limits)
                 for e in user_events:
-                    args += [e.event_id, e.item_id, e.type, repr(e.ts)]
+                    args += [e.event_id, e.item_id, e.type, repr(e.ts), f"{e.arrival:019d}"]
                 keys = self.keys(user_id).all()
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             try:
@@ -143,15 +146,24 @@ def _entries(flat: list) -> tuple[HistoryEntry, ...]:
     """[member, score, member, score, ...] (members as Redis returns them: bytes) as
     entries, oldest first."""
     # One decode and one split for the whole history: validated ids hold no tabs, so
-    # the fields come out three per member (this is the hottest loop of a batch).
+    # the fields come out four per member (this is the hottest loop of a batch).
     fields = b"\t".join(flat[0::2]).decode().split("\t") if flat else []
-    if len(fields) != 3 * (len(flat) // 2):
-        raise ValueError("a history member does not have 3 tab-separated fields")
-    columns = iter(fields)
-    scores = map(float, flat[1::2])
-    return tuple(
-        _NEW_TUPLE(HistoryEntry, entry) for entry in zip(columns, columns, columns, scores)
-    )
+    if len(fields) != 4 * (len(flat) // 2):
+        return _mixed_entries(flat)
+    columns = zip(fields[1::4], fields[2::4], fields[3::4], map(float, flat[1::2]))
+    return tuple(_NEW_TUPLE(HistoryEntry, entry) for entry in columns)
+
+
+def _mixed_entries(flat: list) -> tuple[HistoryEntry, ...]:
+    """Histories written before members carried their arrival ("event_id\\titem_id\\ttype")
+    read member by member, until the user's idle TTL retires them."""
+    entries = []
+    for member, ts in zip(flat[0::2], flat[1::2]):
+        fields = member.decode().split("\t")
+        if len(fields) not in (3, 4):
+            raise ValueError("a history member does not have 3 or 4 tab-separated fields")
+        entries.append(HistoryEntry(*fields[-3:], float(ts)))
+    return tuple(entries)
 
 
 _NEW_TUPLE = tuple.__new__

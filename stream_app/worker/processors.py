@@ -248,6 +248,7 @@ class InteractionProcessor:
                     max_bytes=worker.max_event_bytes,
                     now=now,
                     max_future_skew_s=worker.max_future_skew_s,
+                    arrival=raw.offset,
                 )
             except InvalidEvent as error:
                 _dead_letter(self._publisher, raw, error, outcome)

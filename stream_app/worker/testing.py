@@ -54,6 +54,7 @@ class InMemoryHistory(History):
         self.seen: dict[str, set[str]] = {}
         self.bought: dict[str, set[str]] = {}
         self.saved: dict[str, bytes] = {}
+        self.arrival: dict[str, int] = {}
 
     async def append_batch(self, events: Sequence[Interaction]) -> list[UserUpdate]:
         if self.failures:
@@ -69,7 +70,8 @@ class InMemoryHistory(History):
             ids.append(e.event_id)
             history = self.histories.setdefault(e.user_id, [])
             history.append(HistoryEntry(e.event_id, e.item_id, e.type, e.ts))
-            history.sort(key=lambda h: (h.ts, f"{h.event_id}\t{h.item_id}\t{h.type}"))
+            self.arrival[e.event_id] = e.arrival
+            history.sort(key=self._member_order)
             del history[: -self.history_length]
             if e.is_purchase:
                 self.bought.setdefault(e.user_id, set()).add(e.item_id)
@@ -83,6 +85,10 @@ class InMemoryHistory(History):
             )
             for user, ids in new_ids.items()
         ]
+
+    def _member_order(self, h: HistoryEntry) -> tuple[float, str]:
+        """The Redis sorted set's order: by time, then by member (arrival first)."""
+        return h.ts, f"{self.arrival[h.event_id]:019d}\t{h.event_id}\t{h.item_id}\t{h.type}"
 
     async def save_recommendations(self, messages: Mapping[str, bytes]) -> None:
         self.saved.update(messages)

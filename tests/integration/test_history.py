@@ -81,11 +81,29 @@ def test_redelivered_events_change_nothing(history):
     assert second[0].history == first[0].history
 
 
-def test_same_time_events_order_by_member_as_a_sorted_set_does(history):
+def test_same_time_events_keep_their_arrival_order_not_their_ids(history):
     user = unique("u")
-    events = [Interaction(e, user, e, "click", 1000.0) for e in ("b", "c", "a", "d", "f", "e")]
-    (update,) = history(lambda s: s.append_batch(events))
-    assert [h.event_id for h in update.history] == ["b", "c", "d", "e", "f"]  # "a": trimmed
+    # Offsets in arrival order; ids that would sort otherwise (a, b, ... by id).
+    ids = ("f", "c", "a", "e", "b", "d")
+    events = [Interaction(e, user, e, "click", 1000.0, arrival=100 + n) for n, e in enumerate(ids)]
+    (update,) = history(lambda s: s.append_batch(events[3:] + events[:3]))  # a late batch order
+    assert [h.event_id for h in update.history] == ["c", "a", "e", "b", "d"]  # "f": trimmed
+
+
+def test_histories_written_before_members_carried_their_arrival_still_read(
+    stack_settings, stack, redis_sync
+):
+    user = unique("u")
+    key = f"{stack_settings.redis.key_prefix}h:{{{user}}}"
+    redis_sync.zadd(key, {"old-1\titem1\tclick": 1000.0, "old-2\titem2\tpurchase": 1001.0})
+
+    (update,) = run(lambda s: s.append_batch([click(user, 3, ts=1002.0)]), stack_settings)
+
+    assert [(h.event_id, h.item_id, h.type) for h in update.history] == [
+        ("old-1", "item1", "click"),
+        ("old-2", "item2", "purchase"),
+        (f"{user}-e3", "item3", "click"),
+    ]
 
 
 def test_history_reads_back_what_the_batch_returned(stack_settings, stack):

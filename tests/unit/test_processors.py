@@ -131,6 +131,13 @@ def test_failures_are_retried_until_the_batch_is_done():
     assert list(history.saved) == [PSEUDONYM("u1")]
 
 
+def test_same_second_events_are_stored_in_the_order_they_arrived():
+    history = InMemoryHistory()
+    # Pseudonymised ids sort in some order of their own; the offsets decide.
+    run(history, [raw(click("u1", f"e{n}", str(n)), offset=500 + n) for n in range(1, 9)])
+    assert [h.item_id for h in history.histories[PSEUDONYM("u1")]] == [str(n) for n in range(1, 9)]
+
+
 def test_redis_sees_pseudonyms_only_and_the_stored_list_has_no_caller_ids():
     history = InMemoryHistory()
     run(history, [raw(click("alice", "alice-e1", "1"))])

@@ -17,7 +17,12 @@ Input ``items`` (key: item_id)::
      "text": "Star Wars (1977) Action Adventure Romance Sci-Fi War",
      "tags": ["Action"], "available": true}                  # tags, available optional
 
-Output ``recommendations`` (key: user_id)::
+Input ``users.control`` (key: user_id; ``ts`` as above: the user's events up to it are
+erased)::
+
+    {"schema_version": 1, "type": "forget", "user_id": "u-7", "ts": 1764115200}
+
+Output ``recommendations`` (key: user_id; a null value, a tombstone, once a user is erased)::
 
     {"schema_version": 2, "user_id": "u-7",
      "items": [{"item_id": "181", "position": 1, "score": 1.0, "relevance": 0.83,
@@ -50,6 +55,7 @@ RECOMMENDATIONS_SCHEMA_VERSION = 2
 stage's own number in ``relevance``. In schema 1 ``score`` was that number, whatever the
 order; the worker still writes it where worker.recommendations_schema_version is 1."""
 EVENT_TYPES = ("click", "purchase")
+CONTROL_TYPES = ("forget",)
 MAX_ID_CHARS = 128
 MAX_TITLE_CHARS = 512
 MAX_TAGS = 32
@@ -95,6 +101,15 @@ class Interaction:
     @property
     def is_purchase(self) -> bool:
         return self.type == "purchase"
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """Erase a user: everything kept about them, and their events up to ``ts``, also those
+    that arrive later."""
+
+    user_id: str
+    ts: float  # when the erasure was asked for
 
 
 @dataclass(frozen=True)
@@ -195,12 +210,7 @@ def parse_interaction(
     event_type = _string(body, "type", MAX_ID_CHARS)
     if event_type not in EVENT_TYPES:
         raise InvalidEvent("unknown_event_type", f"type must be one of {EVENT_TYPES}")
-    ts = _epoch_seconds(body["ts"])
-    if not math.isfinite(ts) or ts < EARLIEST_TS or ts > now + max_future_skew_s:
-        raise InvalidEvent(
-            "timestamp_out_of_range",
-            f"ts must be from epoch {EARLIEST_TS:.0f} to now + {max_future_skew_s:.0f}s",
-        )
+    ts = _checked_ts(body["ts"], now, max_future_skew_s)
     return Interaction(
         event_id=_string(body, "event_id", MAX_ID_CHARS),
         user_id=_string(body, "user_id", MAX_ID_CHARS),
@@ -209,6 +219,29 @@ def parse_interaction(
         ts=ts,
         arrival=arrival,
     )
+
+
+def parse_control(
+    raw: bytes, *, max_bytes: int, now: float, max_future_skew_s: float
+) -> ForgetRequest:
+    """Validate one raw control message; raise InvalidEvent with a reason."""
+    body = _decode_object(raw, max_bytes)
+    _check_fields(body, required={"type", "user_id", "ts"}, optional=set())
+    kind = _string(body, "type", MAX_ID_CHARS)
+    if kind not in CONTROL_TYPES:
+        raise InvalidEvent("unknown_event_type", f"type must be one of {CONTROL_TYPES}")
+    ts = _checked_ts(body["ts"], now, max_future_skew_s)
+    return ForgetRequest(user_id=_string(body, "user_id", MAX_ID_CHARS), ts=ts)
+
+
+def _checked_ts(ts: Any, now: float, max_future_skew_s: float) -> float:
+    seconds = _epoch_seconds(ts)
+    if not math.isfinite(seconds) or seconds < EARLIEST_TS or seconds > now + max_future_skew_s:
+        raise InvalidEvent(
+            "timestamp_out_of_range",
+            f"ts must be from epoch {EARLIEST_TS:.0f} to now + {max_future_skew_s:.0f}s",
+        )
+    return seconds
 
 
 def _epoch_seconds(ts: Any) -> float:

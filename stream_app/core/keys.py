@@ -10,6 +10,7 @@ Cluster slot:
     <prefix>seen:{<user>}    sorted set of applied event ids (the dedup window), score = ts
     <prefix>bought:{<user>}  sorted set of purchased item ids (never recommended), score = ts
     <prefix>recs:{<user>}    the latest recommendations (JSON, without the caller's ids)
+    <prefix>forgotten:{<user>}  after an erasure: its ts (the user's older events are dropped)
     <prefix>{catalog}:meta     hash item_id -> JSON {"title", "text", "tags"}
     <prefix>{catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector)
     <prefix>{catalog}:version  integer: the sequence number of the newest log entry
@@ -38,6 +39,7 @@ class UserKeys:
     seen: str
     bought: str
     recs: str
+    forgotten: str
 
     @classmethod
     def of(cls, prefix: str, user: str) -> UserKeys:
@@ -47,10 +49,11 @@ class UserKeys:
             f"{prefix}seen:{tag}",
             f"{prefix}bought:{tag}",
             f"{prefix}recs:{tag}",
+            f"{prefix}forgotten:{tag}",
         )
 
-    def all(self) -> tuple[str, str, str, str]:
-        return self.history, self.seen, self.bought, self.recs
+    def all(self) -> tuple[str, str, str, str, str]:
+        return self.history, self.seen, self.bought, self.recs, self.forgotten
 
 
 @dataclass(frozen=True)

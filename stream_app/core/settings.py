@@ -63,6 +63,9 @@ class KafkaSettings(_Group):
     """Input topic of catalog upserts, keyed by item id."""
     recommendations_topic: str = "recommendations"
     """Output topic of refreshed recommendations, keyed by user id."""
+    control_topic: str = "users.control"
+    """Input topic of erasure requests ({"type": "forget", ...}), keyed by user id like
+    interactions and with as many partitions, so one worker owns both for a user."""
     dlq_suffix: str = ".dlq"
     """Dead-letter topic name = input topic + this suffix."""
     partitions: int = Field(4, ge=1)
@@ -262,6 +265,9 @@ class PrivacySettings(_Group):
     in production (the built-in development key is logged as a warning)."""
     user_id_key_file: str | None = None
     """File holding the HMAC key (a mounted secret), instead of user_id_key."""
+    erasure_guard_s: int = Field(7 * 24 * 3600, ge=60)
+    """After a forget request, the user's events from before it are dropped for this long
+    (redelivered or late ones); at least the interactions topic's retention."""
 
     @model_validator(mode="before")
     @classmethod

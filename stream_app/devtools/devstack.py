@@ -88,6 +88,7 @@ def isolated(base: Settings, name: str, data_root: Path, **groups: dict) -> Sett
         "kafka": {
             "interactions_topic": f"{name}-interactions",
             "items_topic": f"{name}-items",
+            "control_topic": f"{name}-users.control",
             "recommendations_topic": f"{name}-recommendations",
             "consumer_group": f"{name}-workers",
         },

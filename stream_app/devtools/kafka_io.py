@@ -26,6 +26,8 @@ def all_topics(kafka: KafkaSettings) -> list[str]:
         kafka.interactions_topic + kafka.dlq_suffix,
         kafka.items_topic,
         kafka.items_topic + kafka.dlq_suffix,
+        kafka.control_topic,
+        kafka.control_topic + kafka.dlq_suffix,
         kafka.recommendations_topic,
     ]
 

@@ -27,7 +27,8 @@ class Triggers:
 
     def of(self, messages) -> set[str]:
         for message in messages[self._parsed :]:
-            self.ids.add(json.loads(message.value())["trigger_event_id"])
+            if message.value() is not None:  # a tombstone: an erased user's key
+                self.ids.add(json.loads(message.value())["trigger_event_id"])
         self._parsed = len(messages)
         return self.ids
 
@@ -42,7 +43,7 @@ def recommendations_after(kafka: KafkaSettings, event: PlannedEvent, timeout_s: 
     with TopicReader(kafka, kafka.recommendations_topic) as reader:
         if not reader.read_until(lambda ms: event.event_id in triggers.of(ms), timeout_s):
             raise TimeoutError(f"no recommendations for event {event.event_id} in {timeout_s} s")
-    messages = (json.loads(m.value()) for m in reader.messages)
+    messages = (json.loads(m.value()) for m in reader.messages if m.value() is not None)
     return next(m for m in messages if m["trigger_event_id"] == event.event_id)
 
 

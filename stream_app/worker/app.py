@@ -17,12 +17,18 @@ from stream_app.core.settings import DEVELOPMENT_USER_ID_KEY, Settings
 from stream_app.worker import metrics, web
 from stream_app.worker.catalog import RedisCatalog
 from stream_app.worker.connections import faust_credentials, redis_client
+from stream_app.worker.erasure import ControlProcessor
 from stream_app.worker.experiment_store import RedisExperimentStore
 from stream_app.worker.faust_internals import App, GracefulWorker, committed_offsets
 from stream_app.worker.history import RedisHistory
 from stream_app.worker.popularity import RedisPopularity
 from stream_app.worker.ports import RawEvent
-from stream_app.worker.processors import BatchOutcome, InteractionProcessor, ItemProcessor
+from stream_app.worker.processors import (
+    BatchOutcome,
+    InteractionProcessor,
+    ItemProcessor,
+    Processor,
+)
 from stream_app.worker.publisher import FaustPublisher
 from stream_app.worker.shutdown import finish_even_if_cancelled
 from stream_app.worker.triton_client import TritonRecommender
@@ -68,7 +74,12 @@ def create_app(settings: Settings) -> faust.App:
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(name, key_serializer="raw", value_serializer="raw")
 
-    interactions = raw_topic(kafka.interactions_topic)
+    # Erasure requests share the interactions agent: a batch's forgets run before its
+    # interactions, and never beside another batch of the same partitions' events.
+    interactions = app.topic(
+        kafka.interactions_topic, kafka.control_topic, key_serializer="raw", value_serializer="raw"
+    )
+    control_dlq = raw_topic(kafka.control_topic + kafka.dlq_suffix)
     recommendations = raw_topic(kafka.recommendations_topic)
     interactions_dlq = raw_topic(kafka.interactions_topic + kafka.dlq_suffix)
     items = raw_topic(kafka.items_topic)
@@ -115,32 +126,41 @@ def create_app(settings: Settings) -> faust.App:
     worker = settings.worker
     batch_window_s = worker.batch_window_ms / 1000
 
-    async def consume(
-        stream: faust.StreamT, processor: InteractionProcessor | ItemProcessor
-    ) -> None:
+    async def consume(stream: faust.StreamT, processors: dict[str, Processor]) -> None:
+        """Each batch's events, by topic, to that topic's processor, in the dict's order."""
         # Agents get a faust.Stream; faust's StreamT protocol leaves take_events out.
         batches = cast(faust.Stream, stream).take_events
         async for events in batches(worker.batch_max_events, within=batch_window_s):
             # take_events acknowledges the batch only after this block returns, so the
             # offsets Faust commits never run ahead of written outputs.
-            started = time.perf_counter()
-            batch = [_raw(e) for e in events]
-            outcome: BatchOutcome = await finish_even_if_cancelled(
-                processor.process(batch), len(batch)
-            )
-            logger.debug(
-                'batch topic="%s" events=%d dlq=%d duplicates=%d published=%d seconds=%.3f',
-                events[0].message.topic,
-                outcome.consumed,
-                outcome.dead_lettered,
-                outcome.duplicates,
-                outcome.published,
-                time.perf_counter() - started,
-            )
+            raw = [_raw(e) for e in events]
+            for topic, processor in processors.items():
+                batch = [r for r in raw if r.topic == topic]
+                if not batch:
+                    continue
+                started = time.perf_counter()
+                outcome: BatchOutcome = await finish_even_if_cancelled(
+                    processor.process(batch), len(batch)
+                )
+                logger.debug(
+                    'batch topic="%s" events=%d dlq=%d duplicates=%d published=%d seconds=%.3f',
+                    topic,
+                    outcome.consumed,
+                    outcome.dead_lettered,
+                    outcome.duplicates,
+                    outcome.published,
+                    time.perf_counter() - started,
+                )
 
     @app.agent(interactions, name="interactions")
     async def process_interactions(stream: faust.StreamT) -> None:
         await _check(recommender, experiment.pinned_versions())
+        erasure = ControlProcessor(
+            settings,
+            history,
+            popularity,
+            FaustPublisher(recommendations, control_dlq, worker.max_event_bytes),
+        )
         processor = InteractionProcessor(
             settings,
             history,
@@ -150,14 +170,14 @@ def create_app(settings: Settings) -> faust.App:
             FaustPublisher(recommendations, interactions_dlq, worker.max_event_bytes),
             experiments,
         )
-        await consume(stream, processor)
+        await consume(stream, {kafka.control_topic: erasure, kafka.interactions_topic: processor})
 
     lag_labels: set[tuple[str, str]] = set()
 
     @app.timer(interval=LAG_INTERVAL_S)
     async def measure_lag() -> None:
         """Lag of the input partitions this worker owns (dashboards, alerts, autoscaling)."""
-        inputs = (kafka.interactions_topic, kafka.items_topic)
+        inputs = (kafka.interactions_topic, kafka.control_topic, kafka.items_topic)
         owned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
         try:
             ends = await app.consumer.highwaters(*owned) if owned else {}
@@ -198,7 +218,7 @@ def create_app(settings: Settings) -> faust.App:
             recommender,
             FaustPublisher(recommendations, items_dlq, worker.max_event_bytes),
         )
-        await consume(stream, processor)
+        await consume(stream, {kafka.items_topic: processor})
 
     return app
 

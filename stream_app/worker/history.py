@@ -25,17 +25,21 @@ from stream_app.worker.metrics import track_redis
 from stream_app.worker.ports import History, HistoryEntry, UserUpdate
 
 # Applies a user's events in order. An event whose id is in the dedup window changes
-# nothing (flag 0); otherwise it joins the history (flag 1). Ordering is by event time,
-# then arrival, so late events land in their place; trimming keeps the newest entries.
+# nothing (flag 0), nor does one from before the user's erasure (flag 2); otherwise it
+# joins the history (flag 1). Ordering is by event time, then arrival, so late events
+# land in their place; trimming keeps the newest entries.
 APPEND_LUA = """
 local history_len = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local bought_max = tonumber(ARGV[4])
+local forgotten = tonumber(redis.call('GET', KEYS[5]) or '-inf')
 local flags = {}
 for i = 5, #ARGV, 5 do
   local event_id, item_id, event_type, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('ZSCORE', KEYS[2], event_id) then
+  if tonumber(ts) <= forgotten then
+    flags[#flags + 1] = 2
+  elseif redis.call('ZSCORE', KEYS[2], event_id) then
     flags[#flags + 1] = 0
   else
     redis.call('ZADD', KEYS[2], ts, event_id)
@@ -57,6 +61,21 @@ return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
         redis.call('ZRANGE', KEYS[3], 0, -1), redis.call('GET', KEYS[4])}
 """
 
+# Erases a user: returns the history it deletes (trending subtracts it), deletes every
+# key of theirs and keeps only the time of the erasure, for ARGV[2] seconds. Run again, it
+# finds nothing more to delete.
+FORGET_LUA = """
+local history = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local before = tonumber(redis.call('GET', KEYS[5]) or '-inf')
+if tonumber(ARGV[1]) > before then
+  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[2])  -- the caller's repr: exact
+else
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+end
+return history
+"""
+
 
 class RedisHistory(History):
     def __init__(
@@ -72,6 +91,7 @@ class RedisHistory(History):
         self._prefix = prefix
         self._limits = (history_length, dedup_window, user_ttl_s, purchased_max)
         self._sha: str | None = None
+        self._forget = client.register_script(FORGET_LUA)
 
     def keys(self, user_id: str) -> UserKeys:
         return UserKeys.of(self._prefix, user_id)
@@ -91,7 +111,8 @@ class RedisHistory(History):
         for (user_id, user_events), (flags, flat, bought, last) in zip(by_user.items(), replies):
             new_ids = tuple(e.event_id for e, flag in zip(user_events, flags) if flag == 1)
             purchased = frozenset(i.decode() for i in bought)
-            updates.append(UserUpdate(user_id, new_ids, _entries(flat), purchased, last))
+            dropped = flags.count(2)
+            updates.append(UserUpdate(user_id, new_ids, _entries(flat), purchased, last, dropped))
         return updates
 
     async def _run_scripts(self, by_user: dict[str, list[Interaction]]) -> list:
@@ -113,6 +134,20 @@ class RedisHistory(History):
                 # Redis restarted and lost its script cache: load again, retry once.
                 self._sha = await self._redis.script_load(APPEND_LUA)
         raise AssertionError("unreachable")
+
+    async def forget(self, users: Mapping[str, float], guard_s: int) -> list[HistoryEntry]:
+        """Erase each user (pseudonym -> the erasure's ts); the history entries deleted."""
+        with track_redis("forget"):
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for user_id, ts in users.items():
+                    await self._forget(
+                        keys=self.keys(user_id).all(), args=[repr(ts), guard_s], client=pipe
+                    )
+                replies = await pipe.execute()
+            except RedisError as exc:
+                raise RedisUnavailable(f"erasure failed: {type(exc).__name__}") from exc
+        return [entry for flat in replies for entry in _entries(flat)]
 
     async def history(self, user_id: str) -> tuple[HistoryEntry, ...]:
         with track_redis("history"):
@@ -162,7 +197,8 @@ def _mixed_entries(flat: list) -> tuple[HistoryEntry, ...]:
         fields = member.decode().split("\t")
         if len(fields) not in (3, 4):
             raise ValueError("a history member does not have 3 or 4 tab-separated fields")
-        entries.append(HistoryEntry(*fields[-3:], float(ts)))
+        event_id, item_id, kind = fields[-3:]
+        entries.append(HistoryEntry(event_id, item_id, kind, float(ts)))
     return tuple(entries)
 
 

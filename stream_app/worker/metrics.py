@@ -35,6 +35,16 @@ EVENTS_DUPLICATE = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+USERS_ERASED = Counter(
+    "streamrec_privacy_users_erased_total",
+    "Forget requests carried out (a repeated request counts again).",
+    registry=REGISTRY,
+)
+EVENTS_ERASED = Counter(
+    "streamrec_privacy_events_dropped_total",
+    "Interactions dropped because they predate their user's erasure (redelivered or late).",
+    registry=REGISTRY,
+)
 DLQ_EVENTS = Counter(
     "streamrec_stream_dlq_events_total",
     "Events sent to a dead-letter topic, by source topic and reason.",

@@ -7,7 +7,9 @@ weights grow large the script rebases: it moves ``ref`` forward and scales every
 down (once per 60 half-lives). Only events applied for the first time are counted, so a
 redelivered batch adds nothing. Trending is a statistic, not state: a batch whose
 history was written just before a crash is not counted, and a retry after a lost reply
-can count one twice.
+can count one twice. An erased user's events still in their history are subtracted again
+(``forget``); older ones, and those of a crash between the erasure and the subtraction,
+stay until they decay.
 
 Coverage counts the distinct items recommended over a sliding window with one
 HyperLogLog per twelfth of the window (PFCOUNT merges them).
@@ -28,7 +30,7 @@ from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import Interaction
 from stream_app.core.keys import CatalogKeys, PopularityKeys
 from stream_app.worker.metrics import track_redis
-from stream_app.worker.ports import Popularity
+from stream_app.worker.ports import HistoryEntry, Popularity
 
 # KEYS: items, ref. ARGV: half-life, max items, then (item_id, ts) pairs.
 TRENDING_LUA = """
@@ -56,6 +58,18 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 return redis.call('ZCARD', KEYS[1])
 """
 
+# KEYS: items, ref. ARGV: half-life, then (item_id, ts) pairs: each event's weight
+# today (rebases scaled it as they scaled the score), taken off its item again.
+UNTRENDING_LUA = """
+local half_life = tonumber(ARGV[1])
+local ref = tonumber(redis.call('GET', KEYS[2]))
+if not ref then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('ZINCRBY', KEYS[1], -2 ^ ((tonumber(ARGV[i + 1]) - ref) / half_life), ARGV[i])
+end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', 0)
+"""
+
 COVERAGE_BUCKETS = 12
 
 
@@ -79,6 +93,7 @@ class RedisPopularity(Popularity):
         self._bucket_s = coverage_window_s / COVERAGE_BUCKETS
         self._clock = clock
         self._script = client.register_script(TRENDING_LUA)
+        self._unscript = client.register_script(UNTRENDING_LUA)
         self._cached: tuple[float, int, list[tuple[str, float]]] | None = None
 
     async def record(self, interactions: Sequence[Interaction], recommended: Sequence[str]) -> None:
@@ -99,6 +114,19 @@ class RedisPopularity(Popularity):
                 await pipe.execute()
             except RedisError as exc:
                 raise RedisUnavailable(f"popularity update failed: {type(exc).__name__}") from exc
+
+    async def forget(self, events: Sequence[HistoryEntry]) -> None:
+        """Take these events (an erased user's) out of trending."""
+        if not events:
+            return
+        args: list = [self._half_life_s]
+        for event in events:
+            args += [event.item_id, repr(event.ts)]
+        with track_redis("forget_popularity"):
+            try:
+                await self._unscript(keys=[self.keys.trending, self.keys.reference], args=args)
+            except RedisError as exc:
+                raise RedisUnavailable(f"trending erasure failed: {type(exc).__name__}") from exc
 
     async def trending(self, n: int) -> list[tuple[str, float]]:
         """The n most popular items still in the catalog, best first, with their score

@@ -57,6 +57,7 @@ class UserUpdate:
     history: tuple[HistoryEntry, ...]  # oldest first, at most the history length
     purchased: frozenset[str]  # every item bought (up to purchased_max)
     last_recommendations: bytes | None  # the list shown before this batch, if any
+    dropped: int = 0  # events of the batch from before the user's erasure
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,14 @@ class History(Protocol):
 
     async def append_batch(self, events: Sequence[Interaction]) -> list[UserUpdate]:
         """Apply valid events (user ids already pseudonymised); one update per user, in
-        the order users first appear. An event id already applied changes nothing."""
+        the order users first appear. An event id already applied changes nothing, nor
+        does an event from before its user's erasure (counted in ``dropped``)."""
+        ...
+
+    async def forget(self, users: Mapping[str, float], guard_s: int) -> list[HistoryEntry]:
+        """Erase each user (pseudonym -> the erasure's ts): history, dedup ids, purchases
+        and saved list; their events up to ts are dropped for ``guard_s`` seconds. Returns
+        the history entries erased."""
         ...
 
     async def save_recommendations(self, messages: Mapping[str, bytes]) -> None:
@@ -167,6 +175,10 @@ class Popularity(Protocol):
         """The n most popular catalog items, best first, scored as a share of the top one."""
         ...
 
+    async def forget(self, events: Sequence[HistoryEntry]) -> None:
+        """Take an erased user's events out of trending."""
+        ...
+
 
 class Recommender(Protocol):
     async def recommend(self, rows: list[HistoryRow], query: RankQuery) -> Ranking:
@@ -186,5 +198,9 @@ class Publisher(Protocol):
     def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None: ...
 
     def recommendations(self, message: Recommendations) -> None: ...
+
+    def tombstone(self, user_id: str) -> None:
+        """A null value for the user's key: compacted consumers drop their list."""
+        ...
 
     async def flush(self) -> None: ...

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,12 @@ class BatchOutcome:
     dead_lettered: int = 0
     duplicates: int = 0
     published: int = 0
+
+
+class Processor(Protocol):
+    """One batch of one topic's raw events in; outputs written when it returns."""
+
+    async def process(self, batch: list[RawEvent]) -> BatchOutcome: ...
 
 
 class Retrier:
@@ -194,7 +200,14 @@ class InteractionProcessor:
         topic = self._settings.kafka.interactions_topic
         updates = await self._retry("redis", lambda: self._history.append_batch(stored))
         first_time = _first_time(stored, updates)
-        metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(len(stored) - len(first_time))
+        dropped = sum(u.dropped for u in updates)
+        metrics.EVENTS_ERASED.inc(dropped)
+        duplicates = len(stored) - len(first_time) - dropped
+        metrics.EVENTS_DUPLICATE.labels(topic=topic).inc(duplicates)
+        # A user whose every event here predates their erasure gets no list: it would
+        # bring back the key their tombstone removed.
+        events_of = Counter(e.user_id for e in stored)
+        updates = [u for u in updates if u.dropped < events_of[u.user_id]]
         tally = Tally()
         _count_hits(first_time, updates, tally)
         for update in updates:
@@ -217,7 +230,7 @@ class InteractionProcessor:
         for (reason, arm), count in reasons.items():  # one update per label set, not per item
             metrics.RECOMMENDED_ITEMS.labels(reason=reason, arm=arm).inc(count)
         return _Applied(
-            len(stored) - len(first_time),
+            duplicates,
             len(messages),
             {m.user_id: m.arm for m in messages},
         )
@@ -251,7 +264,7 @@ class InteractionProcessor:
                     arrival=raw.offset,
                 )
             except InvalidEvent as error:
-                _dead_letter(self._publisher, raw, error, outcome)
+                dead_letter(self._publisher, raw, error, outcome)
                 continue
             parsed.append((raw, event))
         if parsed and worker.unknown_items == "dead_letter":
@@ -259,7 +272,7 @@ class InteractionProcessor:
             known = await self._retry("redis", lambda: self._catalog.known(items))
             for raw, event in [p for p in parsed if p[1].item_id not in known]:
                 detail = f"item {event.item_id!r} is not in the catalog"
-                _dead_letter(self._publisher, raw, InvalidEvent("unknown_item", detail), outcome)
+                dead_letter(self._publisher, raw, InvalidEvent("unknown_item", detail), outcome)
             parsed = [p for p in parsed if p[1].item_id in known]
         produced_at: dict[tuple[str, str], float] = {}
         for raw, event in parsed:
@@ -414,7 +427,9 @@ class InteractionProcessor:
         triggers = {e.user_id: e.event_id for e in valid}
         published: Counter[str] = Counter()
         for user_id, event_id in triggers.items():
-            arm = arms.get(user_id, "")
+            arm = arms.get(user_id)
+            if arm is None:
+                continue  # erased: no list
             metrics.END_TO_END_LATENCY.labels(arm=arm).observe(
                 max(0.0, now - produced_at[user_id, event_id])
             )
@@ -552,7 +567,7 @@ class ItemProcessor:
                         max_text_chars=self._settings.worker.max_text_chars,
                     )
                 except InvalidEvent as error:
-                    _dead_letter(self._publisher, raw, error, outcome)
+                    dead_letter(self._publisher, raw, error, outcome)
                     continue
                 latest[item.item_id] = item  # the last upsert of an item in a batch wins
                 entered[item.item_id] = raw.timestamp or time.time()
@@ -572,7 +587,7 @@ class ItemProcessor:
         return outcome
 
 
-def _dead_letter(
+def dead_letter(
     publisher: Publisher, raw: RawEvent, error: InvalidEvent, outcome: BatchOutcome
 ) -> None:
     publisher.dead_letter(raw, error)

@@ -43,6 +43,9 @@ class FaustPublisher(Publisher):
             self._recommendations.send(key=message.user_id.encode(), value=message.to_json())
         )
 
+    def tombstone(self, user_id: str) -> None:
+        self._pending.append(self._recommendations.send(key=user_id.encode(), value=None))
+
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
         with metrics.KAFKA_PUBLISH.time():

@@ -11,6 +11,7 @@ real adapters behave so is tested against the real servers in ``tests/integratio
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,14 +56,19 @@ class InMemoryHistory(History):
         self.bought: dict[str, set[str]] = {}
         self.saved: dict[str, bytes] = {}
         self.arrival: dict[str, int] = {}
+        self.forgotten: dict[str, float] = {}  # user -> erasure ts (the guard never ends here)
 
     async def append_batch(self, events: Sequence[Interaction]) -> list[UserUpdate]:
         if self.failures:
             raise self.failures.pop(0)
         new_ids: dict[str, list[str]] = {}
         last_shown = {e.user_id: self.saved.get(e.user_id) for e in events}
+        dropped: Counter[str] = Counter()
         for e in events:
             ids = new_ids.setdefault(e.user_id, [])
+            if e.ts <= self.forgotten.get(e.user_id, -math.inf):
+                dropped[e.user_id] += 1
+                continue
             seen = self.seen.setdefault(e.user_id, set())
             if e.event_id in seen:
                 continue
@@ -82,9 +88,19 @@ class InMemoryHistory(History):
                 tuple(self.histories.get(user, ())),
                 frozenset(self.bought.get(user, ())),
                 last_shown[user],
+                dropped[user],
             )
             for user, ids in new_ids.items()
         ]
+
+    async def forget(self, users: Mapping[str, float], guard_s: int) -> list[HistoryEntry]:
+        erased = []
+        for user, ts in users.items():
+            erased += self.histories.pop(user, [])
+            for kept in (self.seen, self.bought, self.saved):
+                kept.pop(user, None)
+            self.forgotten[user] = max(ts, self.forgotten.get(user, -math.inf))
+        return erased
 
     def _member_order(self, h: HistoryEntry) -> tuple[float, str]:
         """The Redis sorted set's order: by time, then by member (arrival first)."""
@@ -169,6 +185,7 @@ class InMemoryPopularity(Popularity):
         self.catalog = catalog
         self.recorded: list[Interaction] = []
         self.shown: list[str] = []
+        self.forgotten: list[HistoryEntry] = []
 
     async def record(self, interactions: Sequence[Interaction], recommended: Sequence[str]) -> None:
         self.recorded += interactions
@@ -182,6 +199,9 @@ class InMemoryPopularity(Popularity):
         ][:n]
         best = live[0][1] if live else 1.0
         return [(item, score / best) for item, score in live]
+
+    async def forget(self, events: Sequence[HistoryEntry]) -> None:
+        self.forgotten += events
 
 
 class ScriptedRecommender(Recommender):
@@ -249,6 +269,7 @@ class RecordingPublisher(Publisher):
     def __init__(self) -> None:
         self.dead_letters: list[tuple[RawEvent, InvalidEvent]] = []
         self.published: list[Recommendations] = []
+        self.tombstones: list[str] = []
         self.flushes = 0
 
     def dead_letter(self, event: RawEvent, error: InvalidEvent) -> None:
@@ -256,6 +277,9 @@ class RecordingPublisher(Publisher):
 
     def recommendations(self, message: Recommendations) -> None:
         self.published.append(message)
+
+    def tombstone(self, user_id: str) -> None:
+        self.tombstones.append(user_id)
 
     async def flush(self) -> None:
         self.flushes += 1

@@ -16,6 +16,7 @@ from stream_app.core.events import Interaction
 from stream_app.core.keys import CatalogKeys
 from stream_app.worker.history import RedisHistory
 from stream_app.worker.popularity import RedisPopularity
+from stream_app.worker.ports import HistoryEntry
 from stream_app.worker.testing import InMemoryHistory
 from tests.support import unique
 
@@ -160,6 +161,70 @@ def test_purchases_outlive_the_history_window_and_the_last_list_comes_back(histo
     assert "item0" not in [h.item_id for h in update.history]
     assert update.purchased == frozenset({"item0"})
     assert update.last_recommendations == b'{"items": []}'
+
+
+def test_forget_erases_a_user_and_drops_their_older_events(history):
+    user, other = unique("u"), unique("u")
+    events = [click(user, 1), click(user, 2, kind="purchase"), click(other, 3)]
+
+    async def scenario(store):
+        await store.append_batch(events)
+        await store.save_recommendations({user: b'{"items": []}'})
+        erased = await store.forget({user: 1002.5}, guard_s=600)
+        again = await store.forget({user: 1000.0}, guard_s=600)  # redelivered, older
+        replayed = await store.append_batch(events[:2] + [click(user, 4, ts=1002.5)])
+        later = await store.append_batch([click(user, 5, ts=1002.6)])
+        return erased, again, replayed, later
+
+    erased, again, replayed, later = history(scenario)
+
+    assert [(h.item_id, h.type) for h in erased] == [("item1", "click"), ("item2", "purchase")]
+    assert again == []
+    (update,) = replayed
+    assert (update.new_event_ids, update.history, update.dropped) == ((), (), 3)
+    assert update.purchased == frozenset() and update.last_recommendations is None
+    (update,) = later
+    assert [h.item_id for h in update.history] == ["item5"] and update.dropped == 0
+
+
+def test_forget_leaves_only_the_guard_in_redis(stack_settings, stack, redis_sync):
+    user = unique("u")
+
+    async def scenario(store):
+        await store.append_batch([click(user, 1, kind="purchase")])
+        await store.save_recommendations({user: b'{"items": []}'})
+        await store.forget({user: 1000.25}, guard_s=600)
+
+    run(scenario, stack_settings)
+    keys = sorted(k.decode() for k in redis_sync.scan_iter(match=f"*{{{user}}}*"))
+    guard = f"{stack_settings.redis.key_prefix}forgotten:{{{user}}}"
+    assert keys == [guard]
+    assert redis_sync.get(guard) == b"1000.25" and 0 < redis_sync.ttl(guard) <= 600
+
+
+def test_forget_takes_the_users_events_out_of_trending(stack_settings, catalog):
+    async def main():
+        pop = popularity(stack_settings)
+        pop._catalog = CatalogKeys(stack_settings.redis.key_prefix)
+        others = [Interaction(f"o{i}", "o", "1", "click", 1000.0) for i in range(2)]
+        mine = [
+            Interaction("m1", "u", "1", "click", 1050.0),
+            Interaction("m2", "u", "2", "click", 1100.0),
+        ]
+        await pop.record(others, [])
+        before = await pop._redis.zrange(pop.keys.trending, 0, -1, withscores=True)
+        await pop.record(mine, [])
+        # Rebased in between (far beyond 60 half-lives): the subtraction still fits.
+        await pop.record([Interaction("n", "o", "3", "click", 1000.0 + 100.0 * 61)], [])
+        await pop.forget([HistoryEntry(e.event_id, e.item_id, e.type, e.ts) for e in mine])
+        after = await pop._redis.zrange(pop.keys.trending, 0, -1, withscores=True)
+        await pop._redis.aclose()
+        return dict(before), dict(after)
+
+    before, after = asyncio.run(main())
+    assert before == {b"1": 2.0}
+    assert set(after) == {b"1", b"3"}  # item 2 was only the erased user's
+    assert after[b"1"] == pytest.approx(2.0 * 2**-61, rel=1e-9)
 
 
 def popularity(settings, half_life_s: float = 100.0, max_items: int = 100) -> RedisPopularity:

@@ -26,9 +26,9 @@ from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import Settings
 from stream_app.devtools import probes
 from stream_app.devtools.kafka_io import TopicReader, all_topics, client_config, ensure_topics
-from stream_app.devtools.probes import metric_sum, scrape
+from stream_app.devtools.probes import Triggers, metric_sum, scrape
 from stream_app.devtools.redis_io import CatalogStore
-from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
+from stream_app.devtools.replay import PlannedEvent, encode, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import WorkerProcess
 from stream_app.worker.history import RedisHistory
 from tests.support import VAR, isolated, unique, wait_until
@@ -456,3 +456,47 @@ def freshness_count(settings: Settings) -> float:
 def recommendations_after(settings: Settings, event: PlannedEvent) -> list[dict]:
     """Produce one live event and return the items of the recommendations it triggered."""
     return probes.recommendations_after(settings.kafka, event)["items"]
+
+
+def test_a_forget_request_erases_the_user_and_tombstones_their_list(
+    settings, processed, redis_sync
+):
+    kafka, user = settings.kafka, unique("forget-me")
+    now = time.time()
+    bought = PlannedEvent(user, unique("e"), "1", "purchase")
+    clicked = PlannedEvent(user, unique("e"), "50", "click")
+    old = [(user.encode(), encode(e, now - 10 + i)) for i, e in enumerate((bought, clicked))]
+    triggers = Triggers()
+    reader = TopicReader(kafka, kafka.recommendations_topic)
+    produce_raw(kafka, kafka.interactions_topic, old)
+    assert reader.read_until(lambda ms: clicked.event_id in triggers.of(ms), 30)
+    erased_before = metric_total(settings, "streamrec_privacy_users_erased_total")
+
+    request = {"schema_version": 1, "type": "forget", "user_id": user, "ts": now}
+    produce_raw(kafka, kafka.control_topic, [(user.encode(), json.dumps(request).encode())])
+
+    def tombstoned(messages) -> bool:
+        return any(m.key() == user.encode() and m.value() is None for m in messages)
+
+    assert reader.read_until(tombstoned, timeout_s=30)
+    pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())(user)
+    keys = sorted(k.decode() for k in redis_sync.scan_iter(match=f"*{{{pseudonym}}}*"))
+    assert keys == [f"{settings.redis.key_prefix}forgotten:{{{pseudonym}}}"]
+    url = f"http://127.0.0.1:{settings.worker.web_port}/recommendations/{user}"
+    assert status_of(read(url))[0] == 404
+    assert metric_total(settings, "streamrec_privacy_users_erased_total") == erased_before + 1
+    log = Path(VAR / "pipeline-worker.log").read_text()
+    assert f'user erased user="{pseudonym}"' in log and user not in log
+
+    # The old events again (a redelivery), then one after the request: a history afresh.
+    later = PlannedEvent(user, unique("e"), "100", "click")
+    produce_raw(kafka, kafka.interactions_topic, old + [(user.encode(), encode(later, now + 1))])
+    assert reader.read_until(lambda ms: later.event_id in triggers.of(ms), 30)
+    reader.close()
+    after = [m for m in reader.messages if m.key() == user.encode()]
+    since = next(i for i, m in enumerate(after) if m.value() is None)
+    assert [json.loads(m.value())["trigger_event_id"] for m in after[since + 1 :]] == [
+        later.event_id
+    ]
+    history = read_histories(settings, [user])[user]
+    assert [h.item_id for h in history] == ["100"]

@@ -6,8 +6,10 @@ import pytest
 from stream_app.core.errors import InvalidEvent
 from stream_app.core.events import (
     DLQ_REASONS,
+    ForgetRequest,
     Recommendations,
     RecommendedItem,
+    parse_control,
     parse_interaction,
     parse_item,
 )
@@ -139,3 +141,32 @@ def test_recommendations_message_is_versioned_json():
     stored = json.loads(message.to_json(with_caller_ids=False))
     assert "user_id" not in stored and "trigger_event_id" not in stored
     assert body["trigger_event_id"] == "e1"
+
+
+def control(**overrides) -> bytes:
+    body = {"type": "forget", "user_id": "u1", "ts": NOW - 60} | overrides
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+def test_a_forget_request_in_every_timestamp_form():
+    assert parse_control(control(), **LIMITS) == ForgetRequest("u1", NOW - 60)
+    at = parse_control(control(ts="2025-11-26T00:00:00Z", schema_version=1), **LIMITS)
+    assert at == ForgetRequest("u1", 1_764_115_200.0)
+    assert parse_control(control(ts=(NOW - 60) * 1000), **LIMITS).ts == NOW - 60
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"type": "delete"}, "unknown_event_type"),
+        ({"user_id": ...}, "missing_field"),
+        ({"user_id": 7}, "wrong_type"),
+        ({"ts": "2025-11-26T00:00:00"}, "timestamp_without_offset"),
+        ({"ts": NOW + 3600}, "timestamp_out_of_range"),
+        ({"item_id": "50"}, "unknown_field"),
+    ],
+)
+def test_bad_forget_requests_have_a_reason(overrides, expected):
+    with pytest.raises(InvalidEvent) as caught:
+        parse_control(control(**overrides), **LIMITS)
+    assert caught.value.reason == expected

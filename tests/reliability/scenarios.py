@@ -124,7 +124,7 @@ def wait_for_final_lists(settings: Settings, events: list[PlannedEvent], timeout
 
 
 def triggers(messages) -> set[str]:
-    return {json.loads(m.value())["trigger_event_id"] for m in messages}
+    return {json.loads(m.value())["trigger_event_id"] for m in messages if m.value() is not None}
 
 
 def dead_letters(settings: Settings, expected: int, timeout_s: float = 30.0) -> list[bytes]:

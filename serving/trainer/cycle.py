@@ -19,7 +19,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,13 +113,15 @@ def run_cycle(
     progress: bool = False,
     corrupt: Corrupt | None = None,
     online_gate: OnlineGate | None = None,
+    erased: Mapping[str, float] | None = None,
 ) -> CycleReport:
     """``load`` makes Triton serve a published version. With an ``online_gate``, a
-    candidate that passes the offline gate goes on trial instead of live."""
+    candidate that passes the offline gate goes on trial instead of live. ``erased``: user
+    id -> time of their erasure (their events until then are left out)."""
     trainer = settings.trainer
     report = CycleReport()
     clock = time.monotonic()
-    dataset = event_dataset(settings, events, catalog, now)
+    dataset = event_dataset(settings, events, catalog, now, erased)
     report.skipped = dict(dataset.skipped)
     report.events = len(dataset.events)
     report.users = len({e.user_id for e in dataset.events})
@@ -247,9 +249,10 @@ def event_dataset(
     events: Iterable[SourcedEvent],
     catalog: Catalog,
     now: float | None = None,
+    erased: Mapping[str, float] | None = None,
 ) -> EventDataset:
     """The events a cycle learns from: checked with the worker's limits, for the catalog's
-    items, within the trainer's window."""
+    items, within the trainer's window, none of an erased user's from before their erasure."""
     return build_dataset(
         events,
         frozenset(catalog.item_ids),
@@ -257,6 +260,7 @@ def event_dataset(
         now=time.time() if now is None else now,
         max_future_skew_s=settings.worker.max_future_skew_s,
         window_s=settings.trainer.window_s,
+        erased=erased,
     )
 
 

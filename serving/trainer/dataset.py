@@ -1,7 +1,8 @@
 """Training data from StreamRec's own events: pure, no I/O (sources read, this decides).
 
 Events are parsed with the worker's own rules (``stream_app.core.events``); invalid ones,
-repeats of an event id and events for items the catalog does not hold are skipped and
+repeats of an event id, events for items the catalog does not hold and events of erased
+users from before their erasure (the control topic's forget requests) are skipped and
 counted by reason. Valid events are ordered by event time, and events with the same time
 keep the order they were read in (Kafka offset): never an order made up by sorting ids.
 
@@ -12,8 +13,9 @@ from everything the user did before it: the time-based protocol).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +25,7 @@ from serving.offline.data import Sequences
 from serving.offline.evaluate import Task
 from serving.trainer.sources import SourcedEvent
 from stream_app.core.errors import InvalidEvent
-from stream_app.core.events import Interaction, parse_interaction
+from stream_app.core.events import Interaction, parse_control, parse_interaction
 
 
 @dataclass
@@ -32,7 +34,8 @@ class EventDataset:
     """Valid events for known items, each event id once, by (ts, read order)."""
     read: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-    """Reason -> events skipped: the worker's DLQ reasons, ``duplicate``, ``unknown_item``."""
+    """Reason -> events skipped: the worker's DLQ reasons, ``duplicate``, ``unknown_item``,
+    ``erased``."""
     outside_window: int = 0
 
     @property
@@ -48,9 +51,11 @@ def build_dataset(
     now: float,
     max_future_skew_s: float,
     window_s: float = 0.0,
+    erased: Mapping[str, float] | None = None,
 ) -> EventDataset:
     """Parse, check and order events; with ``window_s`` keep only those at most that many
-    seconds older than the newest."""
+    seconds older than the newest. ``erased``: user id -> the time of their erasure."""
+    erased = erased or {}
     dataset = EventDataset([])
     seen_ids: set[str] = set()
     ordered: list[tuple[float, tuple[int, int], Interaction]] = []
@@ -70,6 +75,9 @@ def build_dataset(
         if interaction.item_id not in known_items:
             dataset.skipped["unknown_item"] += 1
             continue
+        if interaction.ts <= erased.get(interaction.user_id, -math.inf):
+            dataset.skipped["erased"] += 1
+            continue
         ordered.append((interaction.ts, event.position, interaction))
     ordered.sort(key=lambda entry: (entry[0], entry[1]))
     events = [interaction for _, _, interaction in ordered]
@@ -80,6 +88,23 @@ def build_dataset(
         events = kept
     dataset.events = events
     return dataset
+
+
+def erasures(
+    sourced: Iterable[SourcedEvent], *, max_event_bytes: int, now: float, max_future_skew_s: float
+) -> dict[str, float]:
+    """User id -> the newest erasure asked for them, from the control topic's requests
+    (invalid ones are the worker's to dead-letter: skipped here)."""
+    erased: dict[str, float] = {}
+    for event in sourced:
+        try:
+            request = parse_control(
+                event.raw, max_bytes=max_event_bytes, now=now, max_future_skew_s=max_future_skew_s
+            )
+        except InvalidEvent:
+            continue
+        erased[request.user_id] = max(request.ts, erased.get(request.user_id, request.ts))
+    return erased
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from serving.trainer import metrics
 from serving.trainer.catalog import read_catalog
 from serving.trainer.cycle import Corrupt, CycleReport, prune, publish_and_load, run_cycle
+from serving.trainer.dataset import erasures
 from serving.trainer.online_gate import OnlineGate
 from serving.trainer.sources import (
     SourcedEvent,
@@ -66,6 +67,19 @@ class Trainer:
             start = StartAt(time_s=time.time() - 2 * window)
         kafka = self.settings.kafka
         return read_topic(kafka, kafka.interactions_topic, start, progress=self.progress)
+
+    def erased(self) -> dict[str, float]:
+        """User id -> time of their erasure, from every forget request the control topic
+        holds (none for a file: export it after the erasures)."""
+        if self.file is not None:
+            return {}
+        kafka, worker = self.settings.kafka, self.settings.worker
+        return erasures(
+            read_topic(kafka, kafka.control_topic),
+            max_event_bytes=worker.max_event_bytes,
+            now=time.time(),
+            max_future_skew_s=worker.max_future_skew_s,
+        )
 
     def load(self, version: Version) -> float:
         return load_served(self.settings, version.number)
@@ -113,6 +127,7 @@ class Trainer:
                     progress=self.progress,
                     corrupt=self.corrupt,
                     online_gate=self.online_gate,
+                    erased=self.erased(),
                 )
         except Exception:
             metrics.record(None, time.monotonic() - started)

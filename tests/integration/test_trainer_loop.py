@@ -21,6 +21,8 @@ from prometheus_client import generate_latest
 
 from serving.offline.data import Movie, Sequences
 from serving.trainer import metrics
+from serving.trainer.catalog import read_catalog
+from serving.trainer.cycle import event_dataset
 from serving.trainer.service import Trainer
 from serving.trainer.sources import READ_GROUP, StartAt, read_topic
 from serving.trainer.triton_control import load_latest, served_versions
@@ -30,7 +32,7 @@ from stream_app.devtools.catalog_loader import load_catalog
 from stream_app.devtools.devstack import free_port
 from stream_app.devtools.kafka_io import ensure_topics
 from stream_app.devtools.probes import metric_sum, scrape
-from stream_app.devtools.replay import PlannedEvent, plan_events, replay
+from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import settings_env
 from tests.support import VAR, isolated, own_recommender, unique, wait_until
 
@@ -235,3 +237,25 @@ def test_an_operator_rolls_back_and_promotes_through_the_cli(trained, monkeypatc
     assert main(["model", "list"]) == 0
     listing = capsys.readouterr().out
     assert "(rollback)" in listing and f"copy of {live.number} (promoted)" in listing
+
+
+def test_erased_users_events_are_not_learned_from(trained):
+    """Last in this module: the forget requests stay on its control topic."""
+    settings, events = trained[0], trained[1]
+    users = sorted({e.user_id for e in events})[:3]
+    now = time.time()
+    requests = [json.dumps({"type": "forget", "user_id": u, "ts": now}).encode() for u in users]
+    produce_raw(
+        settings.kafka,
+        settings.kafka.control_topic,
+        [(u.encode(), r) for u, r in zip(users, requests)],
+    )
+    trainer = Trainer(settings, progress=False)
+    assert trainer.erased() == {u: now for u in users}
+    catalog = read_catalog(trainer._redis, settings.redis.key_prefix)
+    everyone = event_dataset(settings, trainer.events(), catalog)
+    dataset = event_dataset(settings, trainer.events(), catalog, erased=trainer.erased())
+    theirs = sum(e.user_id in users for e in everyone.events)  # earlier tests added some
+    assert dataset.skipped["erased"] == theirs > 0
+    assert len(dataset.events) == len(everyone.events) - theirs
+    assert not {e.user_id for e in dataset.events} & set(users)

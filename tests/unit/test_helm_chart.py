@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from stream_app.core.settings import Settings, load_settings
+from stream_app.devtools.kafka_io import all_topics
 from tests.support import is_setting
 
 ROOT = Path(__file__).parents[2]
@@ -591,9 +592,7 @@ def test_strimzi_topics_are_the_workers_topics(scenario, tmp_path, monkeypatch):
     worker = one(docs, "Deployment", "-worker")
     kafka = settings_in_pod(docs, worker, tmp_path, monkeypatch).kafka
     topics = of_kind(docs, "KafkaTopic")
-    inputs = [kafka.interactions_topic, kafka.items_topic]
-    expected = {*inputs, kafka.recommendations_topic, *(t + kafka.dlq_suffix for t in inputs)}
-    assert {t["spec"]["topicName"] for t in topics} == expected
+    assert {t["spec"]["topicName"] for t in topics} == set(all_topics(kafka))
     assert {t["spec"]["partitions"] for t in topics} == {kafka.partitions}
     assert all(t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics)
 

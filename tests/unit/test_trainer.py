@@ -13,7 +13,7 @@ from serving.offline.evaluate import Task, evaluate
 from serving.offline.head import HeadConfig, ScoringHead
 from serving.offline.train import TrainConfig, grow_id_table, train_head
 from serving.trainer.commands import _time
-from serving.trainer.dataset import Timeline, build_dataset
+from serving.trainer.dataset import Timeline, build_dataset, erasures
 from serving.trainer.gate import GateResult
 from serving.trainer.online_gate import CandidateSlot, Tally, judge
 from serving.trainer.sources import SourcedEvent, StartAt, read_file
@@ -31,7 +31,7 @@ def sourced(*raws: bytes) -> list[SourcedEvent]:
     return [SourcedEvent(raw, (0, offset)) for offset, raw in enumerate(raws)]
 
 
-def dataset(*raws: bytes, known=("a", "b", "c", "d"), window_s=0.0):
+def dataset(*raws: bytes, known=("a", "b", "c", "d"), window_s=0.0, erased=None):
     return build_dataset(
         sourced(*raws),
         frozenset(known),
@@ -39,6 +39,7 @@ def dataset(*raws: bytes, known=("a", "b", "c", "d"), window_s=0.0):
         now=NOW,
         max_future_skew_s=300,
         window_s=window_s,
+        erased=erased,
     )
 
 
@@ -66,6 +67,21 @@ def test_invalid_duplicate_and_unknown_events_are_skipped_and_counted():
         "unknown_event_type": 1,
         "timestamp_out_of_range": 1,
     }
+
+
+def test_an_erased_users_events_until_their_erasure_are_left_out():
+    def forget(user, ts) -> bytes:
+        return json.dumps({"type": "forget", "user_id": user, "ts": ts}).encode()
+
+    requests = sourced(forget("u", 20), b"{not json", forget("u", 10), forget("w", 5))
+    erased = erasures(requests, max_event_bytes=4096, now=NOW, max_future_skew_s=300)
+    assert erased == {"u": 20, "w": 5}  # the newest request of each user counts
+    data = dataset(
+        event("1", "u", "a", 10), event("2", "u", "b", 20), event("3", "u", "c", 21),
+        event("4", "v", "a", 10), erased=erased,
+    )  # fmt: skip
+    assert [e.event_id for e in data.events] == ["4", "3"]
+    assert data.skipped == {"erased": 2}
 
 
 def test_the_window_keeps_events_near_the_newest():

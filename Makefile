@@ -10,7 +10,7 @@ ONNX_MODEL := model_repository/item_embedder/1/model.onnx
 HEAD := model_repository/recommender/2/head.json
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up bench bench-online bench-inference test test-reliability test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up bench bench-online bench-read-api bench-inference test test-reliability test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-online: setup ## the freshness curve: frozen model vs updated every 1k/5k/
 
 bench-experiments: setup ## experiments and exploration on a MovieLens stream: three arms (head, head with exploration, zero-shot) online and offline, new-item reach (~15 min); writes bench/results/experiments/
 	$(BIN)/python -m bench.experiments --out bench/results/experiments
+
+bench-read-api: setup ## the read API under load (10k requests at 1, 4, 16, 64 in flight) while the stream runs (~5 min); writes bench/results/read_api/
+	$(BIN)/python -m bench.read_api --out bench/results/read_api
 
 bench-inference: setup ## inference micro-benchmarks: recommender vs catalog size (exact, ANN), encoder (ORT, INT8), via Triton (~15 min); writes bench/results/inference/
 	$(BIN)/python -m bench.inference_speed

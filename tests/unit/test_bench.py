@@ -10,6 +10,7 @@ import pytest
 
 from bench.pipeline import plan
 from bench.profile import top_functions
+from bench.read_api import stream_latency
 from bench.report import split_table, verdicts
 from bench.sasrec_check import ndcg_at_10, paired
 from stream_app.devtools.stats import percentile
@@ -101,3 +102,14 @@ def test_the_sasrec_check_pairs_users_and_tests_the_difference():
     assert better["ci95_low"] == pytest.approx(0.02) == better["ci95_high"]
     noisy = paired(reference + rng.normal(0, 0.05, 500), reference)
     assert noisy["ci95_low"] < noisy["difference"] < noisy["ci95_high"] and noisy["p_value"] > 0.01
+
+
+def test_stream_latency_takes_the_lists_of_events_produced_in_the_phase():
+    produced = {"a": 10.0, "b": 11.0, "c": 12.5, "d": 20.0}
+    bodies = [
+        {"trigger_event_id": t, "event_ts": ts, "generated_at": ts + lag}
+        for t, ts, lag in [("a", 10.0, 0.1), ("c", 12.5, 0.3), ("d", 20.0, 9.0), ("x", 11, 5)]
+    ]  # "b" shared a batch with "c": one list; "x" is not the stream's
+    phase = stream_latency(bodies, produced, since=10.0, until=13.0)
+    assert (phase["events"], phase["lists"]) == (3, 2)
+    assert phase["p50_ms"] == pytest.approx(100.0) and phase["p99_ms"] == pytest.approx(300.0)

@@ -3,6 +3,7 @@ worker process that runs it (``streamrec worker``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import DEVELOPMENT_USER_ID_KEY, Settings
 from stream_app.worker import metrics, web
 from stream_app.worker.catalog import RedisCatalog
-from stream_app.worker.connections import faust_credentials, redis_client
+from stream_app.worker.connections import check_kafka_login, faust_credentials, redis_client
 from stream_app.worker.erasure import ControlProcessor
 from stream_app.worker.experiment_store import RedisExperimentStore
 from stream_app.worker.faust_internals import App, GracefulWorker, committed_offsets
@@ -234,7 +235,9 @@ async def _check(recommender: TritonRecommender, versions: Sequence[int] = ()) -
 
 
 def run_worker(settings: Settings) -> None:
-    """Run the worker until SIGTERM or Ctrl-C (``streamrec worker``)."""
+    """Run the worker until SIGTERM or Ctrl-C (``streamrec worker``); refused Kafka
+    credentials stop it at once (ConfigError)."""
+    asyncio.run(check_kafka_login(settings.kafka))
     worker = GracefulWorker(
         create_app(settings),
         settings.worker.shutdown_grace_s,

@@ -28,7 +28,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream_app.core.client_options import confluent_security
+from stream_app.core.client_options import confluent_security, kafka_unanswered
 from stream_app.core.settings import KafkaSettings
 
 READ_GROUP = "streamrec-trainer"
@@ -80,7 +80,10 @@ def read_topic(
         kafka, {"enable.partition.eof": True, "auto.offset.reset": "earliest"}
     )
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        except KafkaException as exc:
+            raise kafka_unanswered(kafka, timeout_s, exc.args[0]) from None
         if metadata.error is not None:
             raise KafkaException(metadata.error)
         began_ms = time.time() * 1000

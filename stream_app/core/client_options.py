@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 
+from stream_app.core.errors import StackError
 from stream_app.core.settings import KafkaSettings, RedisSettings
 
 
@@ -52,3 +53,15 @@ def redis_options(redis: RedisSettings, timeout_s: float | None = None) -> dict:
     if redis.url.startswith("rediss://") and redis.ssl_ca_file:
         options["ssl_ca_certs"] = redis.ssl_ca_file
     return options
+
+
+def kafka_unanswered(kafka: KafkaSettings, timeout_s: float, reason: object) -> StackError:
+    """The error of a librdkafka client whose metadata request went unanswered: with SASL
+    a refused login is one cause, which librdkafka cannot always tell from a broker down."""
+    sasl = kafka.security_protocol.startswith("SASL")
+    who = f" as user {kafka.sasl_username!r} ({kafka.sasl_mechanism})" if sasl else ""
+    hint = "; a refused login looks like this on some brokers: check the SASL settings"
+    return StackError(
+        f"Kafka at {kafka.bootstrap} did not answer within {timeout_s:.0f} s over"
+        f" {kafka.security_protocol}{who}: {reason}{hint if sasl else ''}"
+    )

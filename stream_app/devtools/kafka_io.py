@@ -12,7 +12,7 @@ import confluent_kafka
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_app.core.client_options import confluent_security
+from stream_app.core.client_options import confluent_security, kafka_unanswered
 from stream_app.core.settings import KafkaSettings
 
 
@@ -35,7 +35,10 @@ def all_topics(kafka: KafkaSettings) -> list[str]:
 def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
     """Create StreamRec's topics (with ``kafka.partitions``) where they do not exist yet."""
     admin = AdminClient(client_config(kafka))
-    existing = admin.list_topics(timeout=timeout_s).topics
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise kafka_unanswered(kafka, timeout_s, exc.args[0]) from None
     missing = [t for t in all_topics(kafka) if t not in existing]
     if not missing:
         return

@@ -33,11 +33,12 @@ local history_len = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local bought_max = tonumber(ARGV[4])
-local forgotten = tonumber(redis.call('GET', KEYS[5]) or '-inf')
+local forgotten = redis.call('GET', KEYS[5])  -- false: never erased
+forgotten = forgotten and tonumber(forgotten)
 local flags = {}
 for i = 5, #ARGV, 5 do
   local event_id, item_id, event_type, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if tonumber(ts) <= forgotten then
+  if forgotten and tonumber(ts) <= forgotten then
     flags[#flags + 1] = 2
   elseif redis.call('ZSCORE', KEYS[2], event_id) then
     flags[#flags + 1] = 0
@@ -67,8 +68,8 @@ return {flags, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),
 FORGET_LUA = """
 local history = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-local before = tonumber(redis.call('GET', KEYS[5]) or '-inf')
-if tonumber(ARGV[1]) > before then
+local before = redis.call('GET', KEYS[5])
+if not before or tonumber(ARGV[1]) > tonumber(before) then
   redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[2])  -- the caller's repr: exact
 else
   redis.call('EXPIRE', KEYS[5], ARGV[2])

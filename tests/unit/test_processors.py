@@ -356,7 +356,9 @@ def explore_run(history, events, store, share=0.1, honours_exclusions=True):
     recommender = ScriptedRecommender(items_1_to_12, fresh=new_items)
     recommender.honours_exclusions = honours_exclusions
     publisher = RecordingPublisher()
-    settings = Settings(exploration={"share": share})
+    # A fitting new item is always explored here: with the default min_hit_rate, its
+    # Thompson draw from Beta(1, 1 + misses) falls below it now and then.
+    settings = Settings(exploration={"share": share, "min_hit_rate": 1e-9})
     work = processor(
         history, publisher, settings, recommender, experiments=store, clock=lambda: NOW
     )

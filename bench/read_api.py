@@ -59,7 +59,7 @@ HISTORY_EVENTS = 50
 REST_S = 10.0
 """The stream alone before each read phase."""
 PHASE_S = 15.0
-"""Each concurrency level runs at least this long."""
+"""Each read phase runs at least this long."""
 STREAM_P99_BOUND = 2.0
 """Stream p99 under read load, at most this many times the stream-alone p99."""
 

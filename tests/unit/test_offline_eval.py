@@ -125,3 +125,30 @@ def test_sasrec_learns_from_every_prefix_and_ignores_padding():
     scores = score_fn(model)([(3, 1)], [(False, False)])
     assert scores.shape == (1, 10)
     assert np.allclose(scores[0], (user @ model.items.weight.T).detach().numpy()[0], atol=1e-5)
+
+
+def test_sasrec_makes_only_the_last_items_output_and_it_is_the_full_models():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=30, max_len=6)).eval()
+    rows = torch.tensor([[3, 1, 4, 0, 0, 0], [5, 9, 2, 6, 5, 3], [7, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([3, 6, 1])
+    # The whole computation, every position through every block, then the last item's.
+    positions = torch.arange(6)
+    x = model.norm(model.items(rows) + model.positions(positions))
+    allowed = (positions[None, :] <= positions[:, None]) & (rows > 0)[:, None, :]
+    bias = torch.zeros(allowed.shape).masked_fill(~allowed, -10000.0).unsqueeze(1)
+    for block in model.blocks:
+        x = block(x, bias)
+    full = x[torch.arange(3), lengths - 1]
+    assert torch.allclose(model.user_vectors(rows, lengths), full, atol=1e-6)
+
+
+def test_sasrec_dropout_keeps_half_scaled_by_two_and_nothing_in_eval():
+    from serving.offline.sasrec import _Dropout
+
+    torch.manual_seed(0)
+    dropout = _Dropout(0.5).train()
+    out = dropout(torch.ones(200_000))
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert abs(float((out > 0).float().mean()) - 0.5) < 0.01
+    assert torch.equal(dropout.eval()(torch.ones(5)), torch.ones(5))

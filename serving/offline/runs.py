@@ -422,15 +422,19 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
 
 
 def run_sasrec(
-    split: Split, training: SASRecTraining, progress: bool = False
+    split: Split,
+    training: SASRecTraining,
+    progress: bool = False,
+    checkpoint: Path | None = None,
 ) -> tuple[SASRecResult, dict, np.ndarray]:
     """The standard SASRec on the standard protocol (ids only: no text vectors needed):
     the result, its test metrics and each test user's target rank, in
-    ``split.train.users`` order."""
+    ``split.train.users`` order. ``checkpoint``: see ``train_sasrec``."""
     test = next_item_task(split, "test")
     started = time.monotonic()
     config = SASRecConfig(n_items=split.train.n_items)
-    result = train_sasrec(config, training, split.train, next_item_task(split, "valid"), progress)
+    valid = next_item_task(split, "valid")
+    result = train_sasrec(config, training, split.train, valid, progress, checkpoint)
     ranks = target_ranks_of(sasrec_scores(result.model), test)
     metrics = ranking_metrics(ranks) | {"users": float(len(ranks))}
     metrics["train_seconds"] = time.monotonic() - started
@@ -441,7 +445,9 @@ def run_sasrec(
 def sasrec_command(args) -> None:
     split = leave_one_out(user_sequences(load_movielens()))
     training = SASRecTraining(epochs=args.epochs, seed=args.seed, device=args.device)
-    result, metrics, ranks = run_sasrec(split, training, progress=True)
+    # Resumable: a full run on the CPU outlasts a sitting (delete it to start over).
+    checkpoint = args.out / "checkpoint.pt"
+    result, metrics, ranks = run_sasrec(split, training, progress=True, checkpoint=checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
     figures = {
         "model": "SASRec (RecBole defaults), serving/offline/sasrec.py",

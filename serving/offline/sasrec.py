@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -212,8 +213,14 @@ def train_sasrec(
     train: Sequences,
     valid: Task,
     progress: bool = True,
+    checkpoint: Path | None = None,
 ) -> SASRecResult:
-    """Train on ``train``'s prefixes; keep the epoch with the best ``valid`` NDCG@10."""
+    """Train on ``train``'s prefixes; keep the epoch with the best ``valid`` NDCG@10.
+
+    With ``checkpoint``, the whole state (weights, optimiser, random generators, best
+    epoch, curve) is saved there after every epoch, and a run with the same settings
+    resumes from it: on the CPU the full run takes longer than one sitting. A resumed CPU
+    run is the run it would have been (a CUDA one is not: its generator is not saved)."""
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
     model = SASRec(config).to(training.device)
@@ -222,8 +229,13 @@ def train_sasrec(
         torch.from_numpy(a).to(training.device) for a in training_prefixes(train, config.max_len)
     )
     best = BestEpoch(training.patience)
-    curve = []
-    for epoch in range(1, training.epochs + 1):
+    curve: list[dict] = []
+    done = _resume(checkpoint, config, training, model, optimizer, rng, best, curve)
+    if done and progress:
+        sys.stderr.write(f"resumed from {checkpoint} after epoch {done}\n")
+    stopped = done > 0 and done - best.epoch >= training.patience
+    last = done if stopped else training.epochs
+    for epoch in range(done + 1, last + 1):
         started = time.monotonic()
         model.train()
         losses = []
@@ -241,6 +253,8 @@ def train_sasrec(
             | {f"valid_{k}": v for k, v in metrics.items() if k != "users"}
         )
         stop = best.update(model, epoch, metrics["ndcg@10"])
+        if checkpoint is not None:
+            _save(checkpoint, config, training, epoch, model, optimizer, rng, best, curve)
         if progress:
             sys.stderr.write(
                 f"\rSASRec epoch {epoch:3d} loss {curve[-1]['loss']:.4f} valid ndcg@10 "
@@ -252,3 +266,41 @@ def train_sasrec(
         sys.stderr.write("\n")
     model.load_state_dict(best.state)
     return SASRecResult(model, best.epoch, curve)
+
+
+def _settings(config: SASRecConfig, training: SASRecTraining) -> dict:
+    """What a checkpoint must match to be resumed (the epoch budget may grow)."""
+    return config.to_dict() | {k: v for k, v in asdict(training).items() if k != "epochs"}
+
+
+def _save(path, config, training, epoch, model, optimizer, rng, best, curve) -> None:
+    state = {
+        "settings": _settings(config, training),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": rng.bit_generator.state,
+        "best": {"ndcg": best.ndcg, "epoch": best.epoch, "state": best.state},
+        "curve": curve,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)  # a kill mid-write leaves the previous epoch's
+
+
+def _resume(path, config, training, model, optimizer, rng, best, curve) -> int:
+    """Load ``path`` into the run's state when it is this run's; the epochs it holds."""
+    if path is None or not path.exists():
+        return 0
+    state = torch.load(path, map_location=training.device, weights_only=False)
+    if state["settings"] != _settings(config, training):
+        raise ValueError(f"{path} is of another run ({state['settings']}): delete it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    best.ndcg, best.epoch, best.state = (state["best"][k] for k in ("ndcg", "epoch", "state"))
+    curve.extend(state["curve"])
+    return int(state["epoch"])

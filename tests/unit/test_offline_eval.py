@@ -1,6 +1,7 @@
 import zipfile
 
 import numpy as np
+import pytest
 import torch
 
 from serving.model_server.scoring import collapse_history, left_pad
@@ -152,3 +153,28 @@ def test_sasrec_dropout_keeps_half_scaled_by_two_and_nothing_in_eval():
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert abs(float((out > 0).float().mean()) - 0.5) < 0.01
     assert torch.equal(dropout.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_a_resumed_sasrec_run_is_the_run_it_would_have_been(tmp_path):
+    from serving.offline.evaluate import next_item_task
+    from serving.offline.sasrec import SASRecTraining, train_sasrec
+
+    split = leave_one_out(sequences([1, 2, 3, 4, 5, 6], [6, 7, 8, 9, 2], [3, 5, 7, 1, 8]))
+    config = SASRecConfig(n_items=9, max_len=4)
+    valid = next_item_task(split, "valid")
+
+    def run(epochs, checkpoint=None):
+        training = SASRecTraining(epochs=epochs, batch_size=4, seed=3, patience=50)
+        return train_sasrec(config, training, split.train, valid, False, checkpoint)
+
+    straight = run(3)
+    run(1, tmp_path / "run.pt")  # a sitting that ends after one epoch...
+    resumed = run(3, tmp_path / "run.pt")  # ...and the next one
+    assert [e["loss"] for e in resumed.curve] == [e["loss"] for e in straight.curve]
+    for name, weights in straight.model.state_dict().items():
+        assert torch.equal(weights, resumed.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="another run"):
+        train_sasrec(
+            SASRecConfig(n_items=9, max_len=3), SASRecTraining(epochs=1), split.train, valid,
+            False, tmp_path / "run.pt",
+        )  # fmt: skip

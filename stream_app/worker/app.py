@@ -237,14 +237,13 @@ async def _check(recommender: TritonRecommender, versions: Sequence[int] = ()) -
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGTERM or Ctrl-C (``streamrec worker``); refused Kafka
     credentials stop it at once (ConfigError)."""
-    if settings.kafka.security_protocol.startswith("SASL"):
-        # A loop of its own, never set as current: asyncio.run would leave the main
-        # thread without the default loop that Faust and gRPC pick up later.
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(check_kafka_login(settings.kafka))
-        finally:
-            loop.close()
+    # A loop of its own, never set as current: asyncio.run would leave the main thread
+    # without the default loop that Faust and gRPC pick up later.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(check_kafka_login(settings.kafka))  # nothing without SASL
+    finally:
+        loop.close()
     worker = GracefulWorker(
         create_app(settings),
         settings.worker.shutdown_grace_s,

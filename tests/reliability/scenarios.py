@@ -24,6 +24,7 @@ from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import Settings
 from stream_app.devtools.devstack import ManagedProcess, port_open
 from stream_app.devtools.kafka_io import TopicReader, ensure_topics
+from stream_app.devtools.probes import Triggers
 from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import WorkerProcess
 from stream_app.worker.connections import redis_client as worker_redis_client
@@ -117,14 +118,11 @@ def wait_for_final_lists(settings: Settings, events: list[PlannedEvent], timeout
     users still without one when time ran out."""
     last = {e.user_id: e.event_id for e in events}
     wanted = set(last.values())
+    triggers = Triggers()
     with TopicReader(settings.kafka, settings.kafka.recommendations_topic) as reader:
-        reader.read_until(lambda messages: wanted <= triggers(messages), timeout_s)
-        seen = triggers(reader.messages)
+        reader.read_until(lambda messages: wanted <= triggers.of(messages), timeout_s)
+        seen = triggers.of(reader.messages)
     return {user for user, event_id in last.items() if event_id not in seen}
-
-
-def triggers(messages) -> set[str]:
-    return {json.loads(m.value())["trigger_event_id"] for m in messages if m.value() is not None}
 
 
 def dead_letters(settings: Settings, expected: int, timeout_s: float = 30.0) -> list[bytes]:
@@ -192,7 +190,8 @@ def seconds_until_answered(
     """Seconds from ``since`` (time.monotonic) until every probe event got a list."""
     wanted = {p.event_id for p in probes}
     with TopicReader(settings.kafka, settings.kafka.recommendations_topic) as reader:
-        if not reader.read_until(lambda messages: wanted <= triggers(messages), timeout_s):
+        triggers = Triggers()
+        if not reader.read_until(lambda messages: wanted <= triggers.of(messages), timeout_s):
             raise AssertionError(f"probes not answered within {timeout_s} s")
     return time.monotonic() - since
 
@@ -205,7 +204,8 @@ def seconds_until_recovered(settings: Settings, since: float, timeout_s: float) 
         (probe,) = produce_probes(settings, users=1)
         wanted = probe.event_id
         with TopicReader(settings.kafka, settings.kafka.recommendations_topic) as reader:
-            reader.read_until(lambda ms, wanted=wanted: wanted in triggers(ms), timeout_s=10)
+            seen = Triggers()
+            reader.read_until(lambda ms, wanted=wanted, seen=seen: wanted in seen.of(ms), 10)
             answers = [json.loads(m.value()) for m in reader.messages]
         if any(a["trigger_event_id"] == wanted and not a["degraded"] for a in answers):
             return time.monotonic() - since

@@ -14,7 +14,7 @@ def add_offline_commands(sub) -> None:
         ("evaluate", "the offline table: baselines and heads, seeds, cold-start items"),
     ]:
         command = sub.add_parser(name, help=text)
-        command.add_argument("--epochs", type=int, default=200)
+        command.add_argument("--epochs", type=int, default=60)
         command.add_argument("--patience", type=int, default=15)
         command.add_argument("--lr", type=float, default=3e-3)
         command.add_argument("--hidden", type=int, default=64)
@@ -25,6 +25,18 @@ def add_offline_commands(sub) -> None:
             default=0,
             help="0 = full softmax; n = sampled softmax with n negatives",
         )
+        command.add_argument(
+            "--schedule",
+            choices=("constant", "cosine"),
+            default="cosine",
+            help="learning rate: constant, or warm-up then cosine decay over --epochs",
+        )
+        command.add_argument(
+            "--fixed-windows",
+            action="store_true",
+            help="cut the training windows once, not anew each epoch",
+        )
+        command.add_argument("--max-len", type=int, default=50, help="history items read")
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--device", default="cpu", help="cpu or cuda")
         command.add_argument(
@@ -48,6 +60,12 @@ def add_offline_commands(sub) -> None:
         type=float,
         default=0.5,
         help="share of learned ids hidden per batch (keeps new items rankable by text)",
+    )
+    train.add_argument(
+        "--protocol",
+        choices=("standard", "cold"),
+        default="standard",
+        help="cold: 10%% of items held out of training and scored as new items",
     )
     train.add_argument("--out", type=Path, default=Path("var/models/head"))
     train.add_argument("--export", action="store_true", help="export into model_repository")

@@ -142,6 +142,18 @@ class SequenceEncoder(nn.Module):
         return self.norm(x)
 
 
+def _small_initial_weights(module: nn.Module) -> None:
+    """BERT's and SASRec's initialisation, normal(0, 0.02) and zero biases. PyTorch's
+    default draws embeddings from normal(0, 1): dot products of such vectors start in the
+    hundreds, the softmax saturates, and training spends its first epochs shrinking them."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        nn.init.zeros_(module.weight[module.padding_idx])
+
+
 class ScoringHead(nn.Module):
     def __init__(
         self,
@@ -161,6 +173,7 @@ class ScoringHead(nn.Module):
         self.register_buffer("id_rows", id_rows.long(), persistent=False)
         self.items = ItemTower(config)
         self.sequence = SequenceEncoder(config)
+        self.apply(_small_initial_weights)
 
     def catalog(self) -> torch.Tensor:
         """Vectors of every catalog row [n_items + 1, H] (row 0 is never recommended)."""

@@ -98,20 +98,30 @@ def run_head(
     result = train_head(
         head_config, train_config, train, prepared.text_vectors, valid, progress, held_out
     )
-    metrics = evaluate(score_fn(result.model), test)
+    result.test_ranks = target_ranks_of(score_fn(result.model), test)
+    metrics = ranking_metrics(result.test_ranks) | {"users": float(len(test.targets))}
     metrics["train_seconds"] = time.monotonic() - started
     metrics["best_epoch"] = result.best_epoch
     return result, metrics
 
 
-def save_run(result: TrainResult, metrics: dict, train: Sequences, out_dir: Path) -> None:
-    """Checkpoint, metrics JSON and training-curve PNG, side by side."""
+def save_run(
+    result: TrainResult,
+    metrics: dict,
+    train: Sequences,
+    out_dir: Path,
+    test_users: tuple[str, ...] | None = None,
+) -> None:
+    """Checkpoint, metrics JSON and training-curve PNG, side by side. With ``test_users``
+    (the test task's users, in its order) the JSON keeps each one's target rank, for tests
+    paired over users (``bench/head_vs_sasrec.py``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     trained_rows = {r for items in train.items for r in items}
     torch.save(checkpoint(result.model, train.item_ids, trained_rows), out_dir / CHECKPOINT)
-    (out_dir / "metrics.json").write_text(
-        json.dumps({"test": metrics, "curve": result.curve}, indent=1)
-    )
+    figures = {"test": metrics, "curve": result.curve}
+    if test_users is not None and result.test_ranks is not None:
+        figures["ranks"] = dict(zip(test_users, result.test_ranks.tolist()))
+    (out_dir / "metrics.json").write_text(json.dumps(figures, indent=1))
     plot_curve(result.curve, out_dir / "training_curve.png")
 
 
@@ -393,6 +403,8 @@ def _train_config(args) -> TrainConfig:
         epochs=args.epochs,
         patience=args.patience,
         learning_rate=args.lr,
+        schedule=args.schedule,
+        shifted_windows=not args.fixed_windows,
         sampled_negatives=args.sampled_negatives,
         seed=args.seed,
         device=args.device,
@@ -405,17 +417,22 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
         n_items=prepared.sequences.n_items,
         hidden=args.hidden,
         dropout=args.dropout,
+        max_len=args.max_len,
         use_text=not args.no_text,
         use_ids=not args.no_ids,
         id_dropout=0.0 if args.no_ids else args.id_dropout,
     )
-    result, metrics = run_head(prepared, head, _train_config(args), "standard", progress=True)
-    save_run(result, metrics, protocol_data(prepared, "standard")[0], args.out)
+    result, metrics = run_head(prepared, head, _train_config(args), args.protocol, progress=True)
+    # Test users line up with the ranks only under the standard protocol (one per user).
+    users = prepared.split.train.users if args.protocol == "standard" else None
+    save_run(result, metrics, protocol_data(prepared, args.protocol)[0], args.out, users)
     shown = {k: round(v, 4) for k, v in metrics.items()}
     print(
         f"test metrics: {shown}\nsaved to {args.out}/ (head.pt, metrics.json, training_curve.png)"
     )
     if args.export:
+        if args.protocol != "standard":
+            raise SystemExit("--export serves a head trained on the standard protocol")
         version_dir = repository / "recommender" / str(args.version)
         report = export_run(args.out, version_dir, prepared)
         print(f"exported to {version_dir}: parity {report}")
@@ -465,7 +482,7 @@ def sasrec_command(args) -> None:
 def evaluate_command(args) -> None:
     import sys
 
-    common = {"hidden": args.hidden, "dropout": args.dropout}
+    common = {"hidden": args.hidden, "dropout": args.dropout, "max_len": args.max_len}
     variants = {name: common | flags for name, flags in HEADS.items()}
     tuned = None
     if args.tune:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ from serving.offline.head import HeadConfig, ScoringHead
 
 logger = logging.getLogger(__name__)
 
+WARMUP = 0.05
+"""Share of the budget over which the cosine schedule warms up linearly."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -39,6 +43,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     """``cuda`` where a GPU is present; results are the same up to float rounding."""
+    shifted_windows: bool = False
+    """Cut the older training windows anew each epoch (see :func:`training_windows`)."""
+    schedule: str = "constant"
+    """``constant`` learning rate, or ``cosine``: a linear warm-up over the first 5% of
+    the steps, then a cosine decay to zero at the last epoch (so ``epochs`` is the budget)."""
 
 
 @dataclass(frozen=True)
@@ -101,13 +110,23 @@ class TrainResult:
     model: ScoringHead
     best_epoch: int
     curve: list[dict] = field(default_factory=list)  # per epoch: loss, valid metrics, seconds
+    test_ranks: np.ndarray | None = None
+    """The test target's rank per test user, once evaluated (``runs.run_head``)."""
 
 
-def training_windows(train: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of max_len + 1 items cut from each sequence's end backwards."""
+def training_windows(
+    train: Sequences, max_len: int, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of max_len + 1 items cut from each sequence's end backwards. With ``rng``
+    (a new cut every epoch), the newest window stays and the older ones end a random
+    1 to max_len items before it: each older item is predicted from another context each
+    epoch, as SASRec's every-prefix samples do, for one more window per long sequence."""
     windows, kinds = [], []
     for items, bought in zip(train.items, train.purchased):
-        for end in range(len(items), 1, -max_len):
+        ends = list(range(len(items), 1, -max_len))
+        if rng is not None and len(items) > max_len + 1:
+            ends = [len(items), *range(len(items) - int(rng.integers(1, max_len + 1)), 1, -max_len)]
+        for end in ends:
             start = max(0, end - max_len - 1)
             windows.append(items[start:end])
             kinds.append(bought[start:end])
@@ -162,17 +181,23 @@ def train_head(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    windows, window_types = training_windows(train, head_config.max_len)
-    rows = torch.from_numpy(windows).to(config.device)
-    types = torch.from_numpy(window_types).to(config.device)
     best = BestEpoch(config.patience)
     result = TrainResult(model, 0)
+    windows = None if config.shifted_windows else training_windows(train, head_config.max_len)
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
         model.train()
         losses = []
+        rows, types = (
+            torch.from_numpy(part).to(config.device)
+            for part in windows or training_windows(train, head_config.max_len, rng)
+        )
         order = torch.from_numpy(rng.permutation(len(rows))).to(config.device)
-        for batch in order.split(config.batch_size):
+        batches = order.split(config.batch_size)
+        for step, batch in enumerate(batches):
+            progress = (epoch - 1 + (step + 1) / len(batches)) / config.epochs
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * learning_rate_factor(config.schedule, progress)
             loss = _batch_loss(
                 model, rows[batch], types[batch], config.sampled_negatives, rng, outside
             )
@@ -209,6 +234,18 @@ def train_head(
     model.load_state_dict(best.state)
     result.best_epoch = best.epoch
     return result
+
+
+def learning_rate_factor(schedule: str, progress: float) -> float:
+    """The share of the peak learning rate at ``progress`` (0 to 1) through the budget
+    (see ``TrainConfig.schedule``)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be constant or cosine, not {schedule!r}")
+    if progress < WARMUP:
+        return progress / WARMUP
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - WARMUP) / (1.0 - WARMUP)))
 
 
 def learned_id_rows(train: Sequences) -> np.ndarray:

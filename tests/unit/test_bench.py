@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from bench.head_vs_sasrec import report as head_vs_sasrec
 from bench.pipeline import plan
 from bench.profile import top_functions
 from bench.read_api import stream_latency
@@ -102,6 +103,23 @@ def test_the_sasrec_check_pairs_users_and_tests_the_difference():
     assert better["ci95_low"] == pytest.approx(0.02) == better["ci95_high"]
     noisy = paired(reference + rng.normal(0, 0.05, 500), reference)
     assert noisy["ci95_low"] < noisy["difference"] < noisy["ci95_high"] and noisy["p_value"] > 0.01
+
+
+def test_the_head_is_compared_with_sasrec_user_by_user_against_the_goal():
+    users = [str(u) for u in range(400)]
+
+    def run(ranks) -> dict:
+        figures = {"ndcg@10": 0.0, "recall@10": 0.0, "best_epoch": 3, "train_seconds": 1.0}
+        return {"test": figures, "ranks": dict(zip(users, ranks))}
+
+    sasrec = run([0, 20] * 200)  # half the users hit at the top, half miss
+    text, result = head_vs_sasrec([run([0] * 300 + [20] * 100)], [sasrec], ["make head"])
+    assert result["relative"] == pytest.approx(0.5) and result["goal_met"]
+    assert "Goal (>= +10%, p < 0.05): met" in text and "- `make head`" in text
+    _, close = head_vs_sasrec([run([0] * 210 + [20] * 190)], [sasrec], [])
+    assert close["relative"] == pytest.approx(0.05) and not close["goal_met"]
+    with pytest.raises(ValueError, match="same test users"):
+        head_vs_sasrec([{"ranks": {"1": 0}, "test": {}}], [sasrec], [])
 
 
 def test_stream_latency_takes_the_lists_of_events_produced_in_the_phase():

@@ -9,7 +9,11 @@ from serving.offline.data import MEMBER, Sequences, leave_one_out, load_movielen
 from serving.offline.evaluate import ranking_metrics, target_ranks
 from serving.offline.head import HeadConfig, ScoringHead
 from serving.offline.sasrec import SASRec, SASRecConfig, right_pad, score_fn, training_prefixes
-from serving.offline.train import learned_id_rows, training_windows
+from serving.offline.train import (
+    learned_id_rows,
+    learning_rate_factor,
+    training_windows,
+)
 
 
 def sequences(*items) -> Sequences:
@@ -178,3 +182,28 @@ def test_a_resumed_sasrec_run_is_the_run_it_would_have_been(tmp_path):
             SASRecConfig(n_items=9, max_len=3), SASRecTraining(epochs=1), split.train, valid,
             False, tmp_path / "run.pt",
         )  # fmt: skip
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_zero_at_the_budget():
+    rates = [learning_rate_factor("cosine", step / 100) for step in range(1, 101)]
+    assert rates[0] == pytest.approx(0.2)  # warm-up: the first 5% of the budget
+    assert rates[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:]))
+    assert learning_rate_factor("cosine", 0.525) == pytest.approx(0.5)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate_factor("constant", 0.99) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate_factor("linear", 0.5)
+
+
+def test_shifted_windows_keep_the_newest_and_cut_the_older_ones_anew():
+    train = sequences(list(range(1, 11)))
+    rows, _ = training_windows(train, max_len=3, rng=np.random.default_rng(0))
+    fixed, _ = training_windows(train, max_len=3)
+    assert rows[0].tolist() == fixed[0].tolist() == [7, 8, 9, 10]
+    ends = set()
+    for seed in range(20):
+        rows, _ = training_windows(train, max_len=3, rng=np.random.default_rng(seed))
+        ends.add(int(rows[1][-1]))
+        assert sorted({int(i) for i in rows.ravel()} - {0}) == list(range(1, 11))
+    assert ends == {7, 8, 9}  # the next window ends 1 to 3 items before the newest

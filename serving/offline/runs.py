@@ -412,6 +412,8 @@ def _train_config(args) -> TrainConfig:
 
 
 def train_command(args, repository: Path = Path("model_repository")) -> None:
+    if args.export and args.protocol != "standard":
+        raise SystemExit("--export serves a head trained on the standard protocol")
     prepared = prepare(args.vectors)
     head = HeadConfig(
         n_items=prepared.sequences.n_items,
@@ -431,8 +433,6 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
         f"test metrics: {shown}\nsaved to {args.out}/ (head.pt, metrics.json, training_curve.png)"
     )
     if args.export:
-        if args.protocol != "standard":
-            raise SystemExit("--export serves a head trained on the standard protocol")
         version_dir = repository / "recommender" / str(args.version)
         report = export_run(args.out, version_dir, prepared)
         print(f"exported to {version_dir}: parity {report}")

@@ -43,7 +43,7 @@ models: $(ONNX_MODEL) ## export all-MiniLM-L6-v2 to ONNX for Triton
 $(ONNX_MODEL): serving/offline/encoder.py serving/offline/export_encoder.py serving/model_server/tokenize.py | $(BIN)/.installed
 	$(BIN)/streamrec export --force
 
-head: setup ## (re)train the scoring head (CPU, ~6 min) and serve it as recommender version 2
+head: setup ## (re)train the scoring head (CPU, ~4 min) and serve it as recommender version 2
 	$(TRAIN_HEAD)
 
 $(HEAD): | setup
@@ -52,7 +52,7 @@ $(HEAD): | setup
 evaluate: setup ## the offline comparison table, 3 seeds (slow on CPU; add DEVICE=cuda on a GPU)
 	$(BIN)/streamrec evaluate --device $(or $(DEVICE),cpu) --jobs $(or $(JOBS),1)
 
-demo: setup $(HEAD) ## train the head once (~6 min), then start the local stack, run a worker, a short replay and a trainer cycle, print live results
+demo: setup $(HEAD) ## train the head once (~4 min), then start the local stack, run a worker, a short replay and a trainer cycle, print live results
 	$(BIN)/streamrec demo
 
 bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 512-event batches, each against a naive baseline (~13 min); writes bench/results/pipeline/

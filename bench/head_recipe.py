@@ -1,13 +1,14 @@
 """One head training recipe on one protocol, one thread: the runs that chose ``make head``'s.
 
-    python -m bench.head_recipe --tag cosine-shifted --epochs 60 --patience 60
-    python -m bench.head_recipe --tag constant --schedule constant --fixed-windows ...
+    python -m bench.head_recipe --tag cosine-shifted --patience 60
+    python -m bench.head_recipe --tag cold-id07 --protocol cold --id-dropout 0.7 --patience 60
 
-Each run appends a line to ``bench/results/offline/head_recipe.jsonl``: its settings,
-the best validation NDCG@10 and its epoch, test NDCG@10 and Recall@10, seconds. One thread
-each, so two recipes can run side by side on 2 CPUs and still compare (their seconds do
-not compare with a run alone). Seed 0; a recipe worth keeping is then checked on the paired
-test (``bench/head_vs_sasrec.py``).
+Every option but ``--tag`` and ``--log`` is ``streamrec train``'s (same parser, same
+defaults), so a recipe here is the command ``make head`` would run. Each run appends a line
+to ``bench/results/offline/head_recipe.jsonl``: its settings, the best validation NDCG@10
+and its epoch, test NDCG@10 and Recall@10, seconds. One thread each, so two recipes can run
+side by side on 2 CPUs and still compare (their seconds do not compare with a run alone).
+A recipe worth keeping is then checked on the paired test (``bench/head_vs_sasrec.py``).
 """
 
 from __future__ import annotations
@@ -18,50 +19,28 @@ from pathlib import Path
 
 import torch
 
-from serving.offline.head import HeadConfig
-from serving.offline.runs import prepare, run_head
-from serving.offline.train import TrainConfig
+from serving.offline.commands import parser as offline_parser
+from serving.offline.runs import head_config_of, prepare, run_head, train_config_of
 
-OUT = Path("bench/results/offline/head_recipe.jsonl")
+LOG = Path("bench/results/offline/head_recipe.jsonl")
 
 
 def main() -> None:
-    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    args.add_argument("--tag", required=True)
-    args.add_argument("--protocol", choices=("standard", "cold"), default="standard")
-    args.add_argument("--epochs", type=int, default=60)
-    args.add_argument("--patience", type=int, default=60)
-    args.add_argument("--lr", type=float, default=3e-3)
-    args.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
-    args.add_argument("--fixed-windows", action="store_true")
-    args.add_argument("--dropout", type=float, default=0.2)
-    args.add_argument("--id-dropout", type=float, default=0.5)
-    args.add_argument("--max-len", type=int, default=50)
-    args.add_argument("--seed", type=int, default=0)
-    args.add_argument("--vectors", type=Path, default=None, help="precomputed item vectors")
-    args.add_argument("--out", type=Path, default=OUT)
-    options = args.parse_args()
+    ours = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    ours.add_argument("--tag", required=True)
+    ours.add_argument("--log", type=Path, default=LOG)
+    options, rest = ours.parse_known_args()
+    args = offline_parser().parse_args(["train", *rest])
+    if args.export:
+        raise SystemExit("a recipe run never exports; use streamrec train --export")
     torch.set_num_threads(1)
-    prepared = prepare(options.vectors)
-    head = HeadConfig(
-        n_items=prepared.sequences.n_items,
-        max_len=options.max_len,
-        dropout=options.dropout,
-        id_dropout=options.id_dropout,
-    )
-    training = TrainConfig(
-        epochs=options.epochs,
-        patience=options.patience,
-        learning_rate=options.lr,
-        schedule=options.schedule,
-        shifted_windows=not options.fixed_windows,
-        seed=options.seed,
-    )
-    result, metrics = run_head(prepared, head, training, options.protocol, progress=True)
+    prepared = prepare(args.vectors)
+    head = head_config_of(args, prepared.sequences.n_items)
+    result, metrics = run_head(prepared, head, train_config_of(args), args.protocol, progress=True)
     best = max(result.curve, key=lambda point: point["valid_ndcg@10"])
     line = {
         "tag": options.tag,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "valid_ndcg@10": best["valid_ndcg@10"],
         "best_epoch": metrics["best_epoch"],
         "epochs_run": len(result.curve),
@@ -70,9 +49,9 @@ def main() -> None:
         "seconds": metrics["train_seconds"],
     }
     print(json.dumps(line))
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    with options.out.open("a") as out:
-        out.write(json.dumps(line) + "\n")
+    options.log.parent.mkdir(parents=True, exist_ok=True)
+    with options.log.open("a") as log:
+        log.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

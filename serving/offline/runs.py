@@ -398,7 +398,8 @@ def _plot_validation_curves(out_dir: Path) -> None:
 # --- commands --------------------------------------------------------------------------
 
 
-def _train_config(args) -> TrainConfig:
+def train_config_of(args) -> TrainConfig:
+    """The training settings of a parsed ``train`` or ``evaluate`` command line."""
     return TrainConfig(
         epochs=args.epochs,
         patience=args.patience,
@@ -411,12 +412,10 @@ def _train_config(args) -> TrainConfig:
     )
 
 
-def train_command(args, repository: Path = Path("model_repository")) -> None:
-    if args.export and args.protocol != "standard":
-        raise SystemExit("--export serves a head trained on the standard protocol")
-    prepared = prepare(args.vectors)
-    head = HeadConfig(
-        n_items=prepared.sequences.n_items,
+def head_config_of(args, n_items: int) -> HeadConfig:
+    """The head of a parsed ``train`` command line, over ``n_items`` catalog rows."""
+    return HeadConfig(
+        n_items=n_items,
         hidden=args.hidden,
         dropout=args.dropout,
         max_len=args.max_len,
@@ -424,7 +423,14 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
         use_ids=not args.no_ids,
         id_dropout=0.0 if args.no_ids else args.id_dropout,
     )
-    result, metrics = run_head(prepared, head, _train_config(args), args.protocol, progress=True)
+
+
+def train_command(args, repository: Path = Path("model_repository")) -> None:
+    if args.export and args.protocol != "standard":
+        raise SystemExit("--export serves a head trained on the standard protocol")
+    prepared = prepare(args.vectors)
+    head = head_config_of(args, prepared.sequences.n_items)
+    result, metrics = run_head(prepared, head, train_config_of(args), args.protocol, progress=True)
     # Test users line up with the ranks only under the standard protocol (one per user).
     users = prepared.split.train.users if args.protocol == "standard" else None
     save_run(result, metrics, protocol_data(prepared, args.protocol)[0], args.out, users)
@@ -487,11 +493,11 @@ def evaluate_command(args) -> None:
     tuned = None
     if args.tune:
         grid = {"hidden": [64, 128], "dropout": [0.2, 0.5]}
-        tuned = tune(_train_config(args), grid, variants, args.jobs, args.vectors)
+        tuned = tune(train_config_of(args), grid, variants, args.jobs, args.vectors)
         variants = {name: tuned[name]["head"] for name in variants}
     seeds = tuple(range(args.seeds))
     results = full_evaluation(
-        _train_config(args), variants, seeds, args.out, args.jobs, args.vectors
+        train_config_of(args), variants, seeds, args.out, args.jobs, args.vectors
     )
     print(write_report(results, variants, tuned, args.out, " ".join(sys.argv)))
 

@@ -48,6 +48,15 @@ class TrainConfig:
     schedule: str = "constant"
     """``constant`` learning rate, or ``cosine``: a linear warm-up over the first 5% of
     the steps, then a cosine decay to zero at the last epoch (so ``epochs`` is the budget)."""
+    stop_after: int | None = None
+    """Run only this many epochs of the budget, the schedule still spanning ``epochs``: a
+    retrain on more events that stops where early stopping stopped on fewer."""
+
+    def __post_init__(self) -> None:
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
+            raise ValueError(
+                f"stop_after must be 1 to {self.epochs} (epochs), not {self.stop_after}"
+            )
 
 
 @dataclass(frozen=True)
@@ -184,7 +193,8 @@ def train_head(
     best = BestEpoch(config.patience)
     result = TrainResult(model, 0)
     windows = None if config.shifted_windows else training_windows(train, head_config.max_len)
-    for epoch in range(1, config.epochs + 1):
+    last_epoch = config.stop_after or config.epochs
+    for epoch in range(1, last_epoch + 1):
         started = time.monotonic()
         model.train()
         losses = []
@@ -195,9 +205,9 @@ def train_head(
         order = torch.from_numpy(rng.permutation(len(rows))).to(config.device)
         batches = order.split(config.batch_size)
         for step, batch in enumerate(batches):
-            progress = (epoch - 1 + (step + 1) / len(batches)) / config.epochs
+            done = (epoch - 1 + (step + 1) / len(batches)) / config.epochs
             for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * learning_rate_factor(config.schedule, progress)
+                group["lr"] = config.learning_rate * learning_rate_factor(config.schedule, done)
             loss = _batch_loss(
                 model, rows[batch], types[batch], config.sampled_negatives, rng, outside
             )
@@ -210,7 +220,7 @@ def train_head(
             point["seconds"] = time.monotonic() - started
             result.curve.append(point)
             if progress:
-                sys.stderr.write(f"\repoch {epoch:3d}/{config.epochs} loss {point['loss']:.4f}")
+                sys.stderr.write(f"\repoch {epoch:3d}/{last_epoch} loss {point['loss']:.4f}")
             continue
         metrics = evaluate(score_fn(model), valid)
         result.curve.append(

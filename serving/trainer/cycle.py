@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +45,12 @@ logger = logging.getLogger(__name__)
 
 PARITY_USERS = 200
 FULL_LEARNING_RATE = 3e-3
+"""A full retrain is ``make head``'s recipe: this peak, cosine over ``full_epochs``,
+training windows cut anew each epoch, early stopping after ``FULL_PATIENCE`` epochs."""
+FULL_PATIENCE = 15
 WARM_LEARNING_RATE = 1e-3
-"""Lower than from scratch: a warm start refines weights that already rank well."""
+"""Lower than from scratch, and constant: a warm start refines weights that already rank
+well, over a few epochs too short for a warm-up."""
 DEFAULT_HEAD = {"hidden": 64, "dropout": 0.2, "id_dropout": 0.5}
 """The head ``make head`` trains (text + id, half the ids hidden per batch)."""
 
@@ -281,7 +285,7 @@ def train_candidate(
     Warm: from ``checkpoint``'s weights (its id table regrown to the timeline's items),
     ``warm_epochs`` epochs. Full: from scratch in the checkpoint's architecture; early
     stopping on the newest tenth-of-the-window of those events picks the epoch count, then
-    the same number of epochs on all of them, so no event is left out."""
+    the same epochs of the same schedule on all of them, so no event is left out."""
     item_ids = timeline.item_ids
     live_config = (
         {k: v for k, v in checkpoint["config"].items() if k != "n_items"} if checkpoint else {}
@@ -298,20 +302,28 @@ def train_candidate(
         had_id = np.zeros(len(old_ids), dtype=bool)
         had_id[np.asarray(checkpoint["trained_rows"], dtype=np.int64) - 1] = True
         warm_start = grow_id_table(checkpoint["state_dict"], old_ids, had_id, item_ids)
-        config = TrainConfig(epochs=trainer.warm_epochs, learning_rate=WARM_LEARNING_RATE)
+        config = TrainConfig(
+            epochs=trainer.warm_epochs, learning_rate=WARM_LEARNING_RATE, shifted_windows=True
+        )
         result = train_head(
             head_config, config, train, text_vectors, None, progress, warm_start=warm_start
         )
         return result, train
-    config = TrainConfig(epochs=trainer.full_epochs, learning_rate=FULL_LEARNING_RATE, patience=10)
+    config = TrainConfig(
+        epochs=trainer.full_epochs,
+        learning_rate=FULL_LEARNING_RATE,
+        patience=FULL_PATIENCE,
+        schedule="cosine",
+        shifted_windows=True,
+    )
     valid_cut = timeline.until(before).cut_off(trainer.holdout_share)
     valid = timeline.task(valid_cut, before, item_added_ts=item_added_ts)
     early = timeline.training(before=valid_cut)
     if corrupt is not None:
         early = corrupt(early)
     if len(valid.targets) and early.users:
-        epochs = train_head(head_config, config, early, text_vectors, valid, progress).best_epoch
-        config = TrainConfig(epochs=epochs, learning_rate=FULL_LEARNING_RATE)
+        best = train_head(head_config, config, early, text_vectors, valid, progress).best_epoch
+        config = replace(config, stop_after=best)
     result = train_head(head_config, config, train, text_vectors, None, progress)
     return result, train
 

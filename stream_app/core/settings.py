@@ -370,9 +370,10 @@ class TrainerSettings(_Group):
     others warm-start from the live version)."""
     warm_epochs: int = Field(3, ge=1)
     """Epochs of a warm-started cycle."""
-    full_epochs: int = Field(200, ge=1)
-    """Most epochs of a full retrain; it stops earlier once 10 epochs in a row did not
-    improve NDCG@10 on the newest training events."""
+    full_epochs: int = Field(60, ge=1)
+    """Epoch budget of a full retrain (its learning rate decays to zero there, as in
+    make head); it stops earlier once 15 epochs in a row did not improve NDCG@10 on
+    the newest training events."""
     holdout_share: float = Field(0.1, gt=0, lt=0.5)
     """Newest share of the window's events held back: the gate scores candidate and live
     version on them (the time-based protocol)."""

@@ -10,8 +10,10 @@ from serving.offline.evaluate import ranking_metrics, target_ranks
 from serving.offline.head import HeadConfig, ScoringHead
 from serving.offline.sasrec import SASRec, SASRecConfig, right_pad, score_fn, training_prefixes
 from serving.offline.train import (
+    TrainConfig,
     learned_id_rows,
     learning_rate_factor,
+    train_head,
     training_windows,
 )
 
@@ -194,6 +196,28 @@ def test_the_cosine_schedule_warms_up_then_decays_to_zero_at_the_budget():
     assert learning_rate_factor("constant", 0.99) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         learning_rate_factor("linear", 0.5)
+
+
+def test_a_run_stopped_early_keeps_the_schedule_of_its_whole_budget():
+    # The trainer's full retrain: early stopping found epoch 2 of a 6-epoch budget, so the
+    # retrain runs 2 epochs of that budget's schedule, not a schedule squeezed into 2.
+    train = sequences([1, 2, 3, 4, 5, 6], [3, 4, 5, 6, 7, 8], [2, 4, 6, 8, 9])
+    text = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    head = HeadConfig(n_items=9, text_dim=8, hidden=8, layers=1, max_len=4)
+
+    def weights(**settings):
+        config = TrainConfig(schedule="cosine", learning_rate=1e-2, **settings)
+        result = train_head(head, config, train, text, None, progress=False)
+        return len(result.curve), torch.cat([p.flatten() for p in result.model.parameters()])
+
+    stopped, whole_budget = weights(epochs=6, stop_after=2)
+    again, same_budget = weights(epochs=6, stop_after=2)
+    short, squeezed = weights(epochs=2)
+    assert stopped == short == 2
+    assert torch.equal(whole_budget, same_budget)
+    assert not torch.allclose(whole_budget, squeezed)
+    with pytest.raises(ValueError, match="stop_after"):
+        TrainConfig(epochs=6, stop_after=7)
 
 
 def test_shifted_windows_keep_the_newest_and_cut_the_older_ones_anew():

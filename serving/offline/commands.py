@@ -62,6 +62,12 @@ def add_offline_commands(sub) -> None:
         help="share of learned ids hidden per batch (keeps new items rankable by text)",
     )
     train.add_argument(
+        "--id-scale",
+        type=float,
+        default=1.0,
+        help="weight of the learned ids outside training (chosen by bench/id_scale.py)",
+    )
+    train.add_argument(
         "--protocol",
         choices=("standard", "cold"),
         default="standard",

@@ -88,21 +88,21 @@ def next_item_task(split: Split, stage: str) -> Task:
     raise ValueError(f"stage must be valid or test, not {stage!r}")
 
 
-def cold_start_task(split: Split, held_out: frozenset[int]) -> Task:
-    """Test events whose target is a held-out item; held-out items leave the histories too."""
-    rows = [i for i, t in enumerate(split.test_targets) if t in held_out]
+def cold_start_task(split: Split, held_out: frozenset[int], stage: str = "test") -> Task:
+    """Events of ``stage`` (``test``, or ``valid`` to choose settings) whose target is a
+    held-out item; held-out items leave the histories too."""
+    if stage not in ("valid", "test"):
+        raise ValueError(f"stage must be valid or test, not {stage!r}")
+    full = next_item_task(split, stage)
+    rows = [r for r, target in enumerate(full.targets) if target in held_out]
     pairs = [
-        [
-            (i, p)
-            for i, p in zip(split.full.items[r][:-1], split.full.purchased[r][:-1])
-            if i not in held_out
-        ]
+        [(i, p) for i, p in zip(full.histories[r], full.purchased[r]) if i not in held_out]
         for r in rows
     ]
     return Task(
         [tuple(i for i, _ in p) for p in pairs],
         [tuple(b for _, b in p) for p in pairs],
-        np.array([split.test_targets[r] for r in rows]),
+        full.targets[rows],
     )
 
 

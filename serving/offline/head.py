@@ -36,6 +36,11 @@ class HeadConfig:
     id_dropout: float = 0.0
     """Training only: share of items whose learned id is hidden in each batch, so the
     model also learns to rank by text alone, as it must for new items."""
+    id_scale: float = 1.0
+    """Outside training: weight of the learned id in an item's vector. Dropout's rule for
+    a part kept in training with probability ``1 - id_dropout``: at full weight, every
+    known item carries a bonus that new items (text alone) never saw it carry in training,
+    and new items sink below them. Chosen on validation (``bench/id_scale.py``)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,12 +67,14 @@ class ItemTower(nn.Module):
             if config.use_ids
             else None
         )
+        self.id_scale = config.id_scale
 
     def forward(self, text_vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``text_vectors`` [n, text_dim] and ``rows`` [n] (id rows; 0 = no learned id)."""
         vectors = self.adapter(text_vectors) if self.adapter is not None else 0.0
         if self.ids is not None:
-            vectors = vectors + self.ids(rows)
+            scale = 1.0 if self.training else self.id_scale
+            vectors = vectors + scale * self.ids(rows)
         return vectors
 
 

@@ -422,6 +422,7 @@ def head_config_of(args, n_items: int) -> HeadConfig:
         use_text=not args.no_text,
         use_ids=not args.no_ids,
         id_dropout=0.0 if args.no_ids else args.id_dropout,
+        id_scale=args.id_scale,
     )
 
 

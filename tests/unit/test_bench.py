@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from bench.encoder_compression import served_choice
 from bench.head_vs_sasrec import report as head_vs_sasrec
+from bench.id_scale import chosen_scale
 from bench.pipeline import plan
 from bench.profile import top_functions
 from bench.read_api import stream_latency
@@ -120,6 +122,30 @@ def test_the_head_is_compared_with_sasrec_user_by_user_against_the_goal():
     assert close["relative"] == pytest.approx(0.05) and not close["goal_met"]
     with pytest.raises(ValueError, match="same test users"):
         head_vs_sasrec([{"ranks": {"1": 0}, "test": {}}], [sasrec], [])
+
+
+def test_the_served_encoder_is_the_fastest_at_3x_eager_within_2_percent_of_fp32():
+    def variant(items_per_s: float, speedup: float, relative: float) -> dict:
+        return {
+            "items_per_s": items_per_s,
+            "speedup_vs_eager": speedup,
+            "vs_fp32": {"relative": relative},
+        }
+
+    fp32 = variant(300, 1.5, 0.0)
+    assert served_choice({"fp32": fp32, "int8": variant(700, 3.5, -0.019)}) == "int8"
+    assert served_choice({"fp32": fp32, "int8": variant(700, 3.5, -0.021)}) is None
+    assert served_choice({"fp32": fp32, "int8": variant(590, 2.95, 0.01)}) is None
+    both = {"fp32": fp32, "a": variant(700, 3.5, 0.0), "b": variant(800, 4.0, -0.01)}
+    assert served_choice(both) == "b"
+
+
+def test_the_id_scale_ranks_new_items_best_without_costing_known_ones_over_1_percent():
+    standard = {1.0: 0.1000, 0.8: 0.0995, 0.6: 0.0991, 0.5: 0.0989}
+    cold = {1.0: 0.030, 0.8: 0.035, 0.6: 0.038, 0.5: 0.041}
+    assert chosen_scale(standard, cold) == 0.6  # 0.5 costs 1.1% on known items
+    assert chosen_scale(standard, {1.0: 0.04, 0.8: 0.03, 0.6: 0.03, 0.5: 0.05}) == 1.0
+    assert chosen_scale({1.0: 0.1, 0.8: 0.08}, {1.0: 0.01, 0.8: 0.09}) == 1.0
 
 
 def test_stream_latency_takes_the_lists_of_events_produced_in_the_phase():

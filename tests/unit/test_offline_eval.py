@@ -6,7 +6,7 @@ import torch
 
 from serving.model_server.scoring import collapse_history, left_pad
 from serving.offline.data import MEMBER, Sequences, leave_one_out, load_movielens, user_sequences
-from serving.offline.evaluate import ranking_metrics, target_ranks
+from serving.offline.evaluate import cold_start_task, ranking_metrics, target_ranks
 from serving.offline.head import HeadConfig, ScoringHead
 from serving.offline.sasrec import SASRec, SASRecConfig, right_pad, score_fn, training_prefixes
 from serving.offline.train import (
@@ -218,6 +218,26 @@ def test_a_run_stopped_early_keeps_the_schedule_of_its_whole_budget():
     assert not torch.allclose(whole_budget, squeezed)
     with pytest.raises(ValueError, match="stop_after"):
         TrainConfig(epochs=6, stop_after=7)
+
+
+def test_cold_start_tasks_take_the_events_whose_item_is_new_and_drop_it_from_histories():
+    split = leave_one_out(sequences([1, 2, 3, 4, 5], [6, 2, 7, 8], [3, 6, 9]))
+    valid = cold_start_task(split, frozenset({2, 4, 6}), "valid")
+    assert valid.targets.tolist() == [4, 6] and valid.histories == [(1, 3), (3,)]
+    test = cold_start_task(split, frozenset({2, 8}))
+    assert test.targets.tolist() == [8] and test.histories == [(6, 7)]
+    with pytest.raises(ValueError, match="stage"):
+        cold_start_task(split, frozenset({2}), "train")
+
+
+def test_the_id_scale_weighs_learned_ids_outside_training_only():
+    model = ScoringHead(
+        HeadConfig(n_items=3, text_dim=4, hidden=8, id_scale=0.5), torch.randn(4, 4)
+    )
+    with torch.no_grad():
+        text, ids = model.items.adapter(model.text_vectors), model.items.ids.weight
+        assert torch.allclose(model.train().catalog(), text + ids)
+        assert torch.allclose(model.eval().catalog(), text + 0.5 * ids)
 
 
 def test_shifted_windows_keep_the_newest_and_cut_the_older_ones_anew():

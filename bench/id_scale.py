@@ -98,11 +98,12 @@ def markdown(result: dict, command: str) -> str:
             f" {len(result['runs']['cold'])} cold-protocol runs (seeds) of `streamrec train`,",
             "each scored again at every scale (the scale applies only outside training).",
             f"Cold: the events whose item was held out of training ({events['cold_valid']}"
-            f" validation, {events['cold_test']} test); zero-shot BERT scores"
-            f" {floors['valid']:.4f} on the validation ones and {floors['test']:.4f} on the test",
-            f"ones. The rule: among the scales within {TOLERANCE:.0%} of full weight's standard",
-            "validation NDCG@10, the best cold validation NDCG@10; test columns are shown, not",
-            "used.",
+            f" validation, {events['cold_test']} test);",
+            f"zero-shot BERT scores {floors['valid']:.4f} on the validation ones and"
+            f" {floors['test']:.4f} on the test ones.",
+            f"The rule: among the scales within {TOLERANCE:.0%} of full weight's standard"
+            " validation NDCG@10,",
+            "the best cold validation NDCG@10; test columns are shown, not used.",
             "",
             *rows,
             "",

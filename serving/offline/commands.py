@@ -64,7 +64,7 @@ def add_offline_commands(sub) -> None:
     train.add_argument(
         "--id-scale",
         type=float,
-        default=1.0,
+        default=0.6,
         help="weight of the learned ids outside training (chosen by bench/id_scale.py)",
     )
     train.add_argument(

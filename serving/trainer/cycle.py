@@ -51,8 +51,9 @@ FULL_PATIENCE = 15
 WARM_LEARNING_RATE = 1e-3
 """Lower than from scratch, and constant: a warm start refines weights that already rank
 well, over a few epochs too short for a warm-up."""
-DEFAULT_HEAD = {"hidden": 64, "dropout": 0.2, "id_dropout": 0.5}
-"""The head ``make head`` trains (text + id, half the ids hidden per batch)."""
+DEFAULT_HEAD = {"hidden": 64, "dropout": 0.2, "id_dropout": 0.5, "id_scale": 0.6}
+"""The head ``make head`` trains (text + id, half the ids hidden per batch, ids at 0.6
+outside training: bench/results/offline/id_scale.md)."""
 
 
 @dataclass

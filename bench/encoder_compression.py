@@ -39,7 +39,7 @@ from bench.inference_encoder import (
 )
 from bench.sasrec_check import paired
 from serving.model_server.tokenize import load_tokenizer
-from serving.offline.data import load_movielens, user_sequences
+from serving.offline.data import item_texts, load_movielens, user_sequences
 from serving.offline.item_vectors import DEFAULT_VERSION_DIR
 
 WORK = Path("var/encoders")
@@ -54,8 +54,7 @@ QUALITY_TOLERANCE = 0.02
 def catalog_texts() -> list[str]:
     """MovieLens item texts in the order ``serving.offline.runs.prepare`` rows them."""
     movielens = load_movielens()
-    by_id = {m.item_id: m for m in movielens.movies}
-    return [by_id[i].text for i in user_sequences(movielens).item_ids]
+    return item_texts(movielens, user_sequences(movielens).item_ids)
 
 
 def variant_paths() -> dict[str, Path]:
@@ -126,7 +125,6 @@ def report(fp32_head: Path, fp32_cold: Path) -> str:
     eager = speed["variants"][BASELINE]["items_per_s"]
     reference = np.load(WORK / "fp32" / "item_vectors.npy")
     fp32 = keep_run(fp32_head, "head-fp32-seed0")
-    keep_run(fp32_cold, "head-cold-fp32-seed0")
     users = sorted(fp32["ranks"])
     rows, results = [], {}
     for name in VARIANTS:

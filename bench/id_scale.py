@@ -63,7 +63,7 @@ def sweep(standard: list[Path], cold: list[Path]) -> dict:
         print(scale, {name: round(row[scale], 4) for name, row in table.items()}, flush=True)
     zero_shot = zero_shot_mean(prepared.text_vectors)
     floors = {
-        stage: evaluate(zero_shot, cold_start_task(split, held, stage))["ndcg@10"]
+        stage: evaluate(zero_shot, tasks[f"cold_{stage}"][1])["ndcg@10"]
         for stage in ("valid", "test")
     }
     return {

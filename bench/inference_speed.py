@@ -130,10 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _movielens_texts(prepared) -> list[str]:
-    from serving.offline.data import load_movielens
+    from serving.offline.data import item_texts, load_movielens
 
-    by_id = {m.item_id: m for m in load_movielens().movies}
-    return [by_id[i].text for i in prepared.sequences.item_ids]
+    return item_texts(load_movielens(), prepared.sequences.item_ids)
 
 
 def _triton(args, base, histories, purchased, tokenizer) -> dict:

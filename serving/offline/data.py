@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,12 @@ class Rating:
 class MovieLens:
     movies: tuple[Movie, ...]
     ratings: tuple[Rating, ...]  # by timestamp; same-second ratings in the file's order
+
+
+def item_texts(movielens: MovieLens, item_ids: Sequence[str]) -> list[str]:
+    """The text of each of ``item_ids``, in that order (what the encoder reads)."""
+    by_id = {m.item_id: m for m in movielens.movies}
+    return [by_id[i].text for i in item_ids]
 
 
 def find_wheel(data_dir: Path = DATA_DIR) -> Path:

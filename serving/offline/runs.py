@@ -22,7 +22,14 @@ import numpy as np
 import torch
 
 from serving.offline import baselines
-from serving.offline.data import Sequences, Split, leave_one_out, load_movielens, user_sequences
+from serving.offline.data import (
+    Sequences,
+    Split,
+    item_texts,
+    leave_one_out,
+    load_movielens,
+    user_sequences,
+)
 from serving.offline.data import without_items as drop_items
 from serving.offline.evaluate import (
     Task,
@@ -55,11 +62,10 @@ def prepare(vectors_file: Path | None = None) -> Prepared:
     """MovieLens split and BERT item vectors (computed with the served ONNX graph)."""
     movielens = load_movielens()
     sequences = user_sequences(movielens)
-    by_id = {m.item_id: m for m in movielens.movies}
     if vectors_file is not None:  # vectors made elsewhere by the same ONNX graph
         vectors = np.load(vectors_file)
     else:
-        vectors = item_text_vectors([by_id[i].text for i in sequences.item_ids])
+        vectors = item_text_vectors(item_texts(movielens, sequences.item_ids))
     padded = np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors])
     return Prepared(sequences, leave_one_out(sequences), padded, held_out_items(sequences))
 

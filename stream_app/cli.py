@@ -1,5 +1,5 @@
 """``streamrec`` command line: up | worker | catalog | replay | export | train | evaluate |
-trainer | model | demo | bench."""
+sasrec | finetune | trainer | model | demo | bench."""
 
 from __future__ import annotations
 
@@ -97,6 +97,12 @@ def cmd_sasrec(settings: Settings, args: argparse.Namespace) -> None:
     sasrec_command(args)
 
 
+def cmd_finetune(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.offline.finetune_encoder import finetune_command
+
+    finetune_command(args)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     from stream_app.devtools.demo import run_demo
 
@@ -163,6 +169,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "sasrec": cmd_sasrec,
+    "finetune": cmd_finetune,
     "trainer": trainer_command,
     "model": model_command,
     "experiment": experiment_command,

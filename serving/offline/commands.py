@@ -1,6 +1,6 @@
-"""Command-line arguments of ``train`` and ``evaluate``, shared by ``streamrec`` and
-``python -m serving.offline.runs`` (which needs none of the service's packages, so it also
-runs on a bare GPU machine)."""
+"""Command-line arguments of ``train``, ``evaluate``, ``sasrec`` and ``finetune``, shared
+by ``streamrec`` and ``python -m serving.offline.runs`` (which needs none of the service's
+packages, so it also runs on a bare GPU machine)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,17 @@ def add_offline_commands(sub) -> None:
     sasrec.add_argument("--epochs", type=int, default=300)
     sasrec.add_argument("--device", default="cpu", help="cpu or cuda")
     sasrec.add_argument("--out", type=Path, default=Path("var/models/sasrec"))
+    finetune = sub.add_parser(
+        "finetune", help="fine-tune the item encoder on (history -> next item) pairs"
+    )
+    finetune.add_argument("--method", choices=("full", "lora"), default="lora")
+    finetune.add_argument("--steps", type=int, default=500)
+    finetune.add_argument("--pairs-per-step", type=int, default=32)
+    finetune.add_argument("--history", type=int, default=5, help="history items per pair")
+    finetune.add_argument("--lr", type=float, default=None, help="default: the method's own")
+    finetune.add_argument("--eval-every", type=int, default=50, help="steps between checks")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--out", type=Path, default=Path("var/encoders/lora"))
     train = sub.choices["train"]
     train.add_argument("--no-text", action="store_true", help="id embeddings only (SASRec)")
     train.add_argument("--no-ids", action="store_true", help="text only (no learned ids)")

@@ -31,19 +31,26 @@ PARITY_TOLERANCE = 1e-4
 def export_item_embedder(repository: Path, force: bool = False) -> Path:
     """Write the encoder's ONNX graph and tokenizer under ``repository``; return the version dir."""
     version_dir = repository / "item_embedder" / "1"
-    onnx_path = version_dir / "model.onnx"
-    tokenizer_path = version_dir / "tokenizer.json"
-    if onnx_path.exists() and tokenizer_path.exists() and not force:
-        logger.info('item_embedder already exported path="%s"', onnx_path)
-        return version_dir
+    if (version_dir / "model.onnx").exists() and (version_dir / "tokenizer.json").exists():
+        if not force:
+            logger.info('item_embedder already exported path="%s"', version_dir)
+            return version_dir
+    return export_encoder(bundled_model_dir(), version_dir)
 
+
+def export_encoder(model_dir: Path, version_dir: Path) -> Path:
+    """The encoder whose weights and tokenizer lie in ``model_dir`` (a Hugging Face model
+    directory: the bundled MiniLM or a fine-tuned one) as ``version_dir/model.onnx`` and
+    ``version_dir/tokenizer.json``, checked against PyTorch before it lands."""
+    onnx_path = version_dir / "model.onnx"
     version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(bundled_model_dir() / "tokenizer.json", tokenizer_path)
+    tokenizer_path = version_dir / "tokenizer.json"
+    shutil.copyfile(model_dir / "tokenizer.json", tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
-    encoder = ItemEncoder().eval()
+    encoder = ItemEncoder(model_dir).eval()
     input_ids, attention_mask = tokenizer.encode_batch(PARITY_TEXTS[:2])
 
-    logger.info('exporting item_embedder to ONNX path="%s"', onnx_path)
+    logger.info('exporting item encoder to ONNX path="%s"', onnx_path)
     tmp_path = onnx_path.with_suffix(".onnx.tmp")
     with torch.no_grad():
         torch.onnx.export(

@@ -511,8 +511,14 @@ def evaluate_command(args) -> None:
 
 if __name__ == "__main__":
     from serving.offline.commands import parser
+    from serving.offline.finetune_encoder import finetune_command
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     arguments = parser().parse_args()
-    commands = {"train": train_command, "evaluate": evaluate_command, "sasrec": sasrec_command}
+    commands = {
+        "train": train_command,
+        "evaluate": evaluate_command,
+        "sasrec": sasrec_command,
+        "finetune": finetune_command,
+    }
     commands[arguments.command](arguments)

@@ -1,0 +1,327 @@
+"""Fine-tune the item encoder on interactions, fully or with LoRA adapters (issue 17, item 4).
+
+    streamrec finetune --method lora --out var/encoders/lora   # or --method full
+
+Pairs: every event of the training split with the user's last ``history`` items before it,
+(history texts -> next item text). The history side is the user vector the served
+zero-shot model builds (``serving.model_server.scoring``: recency- and purchase-weighted
+mean of item vectors), each item encoded alone by the encoder being tuned: the product
+encodes one item text at a time (Triton's ``item_embedder``), so that is the map to tune.
+Candidates are every item text encoded for the batch (targets and history items alike,
+each once): the pair's target is its positive, its own history is masked as the served
+ranking masks it, and the rest are in-batch negatives (InfoNCE, temperature 0.05).
+
+Training reads the cold-start protocol's training split: the held-out items (10%, seed 0)
+never appear, so the same encoder is scored on both protocols without having read a new
+item's text. Every ``eval_every`` steps the zero-shot model on the whole catalog is scored
+on the validation events; the best checkpoint is kept. LoRA adapters (peft, on the
+attention's query and value) are merged before export, so the served graph has the frozen
+one's shape and speed. The run writes ``model/`` (a Hugging Face model directory),
+``onnx/`` (``model.onnx`` + ``tokenizer.json``, checked against PyTorch),
+``item_vectors.npy`` (the catalog through that ONNX graph, for ``streamrec train --vectors``),
+``finetune.json`` (settings, curve, parameters trained, seconds) and ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.model_server.scoring import history_weights
+from serving.model_server.tokenize import load_tokenizer
+from serving.offline.baselines import zero_shot_mean
+from serving.offline.data import (
+    Sequences,
+    item_texts,
+    leave_one_out,
+    load_movielens,
+    user_sequences,
+    without_items,
+)
+from serving.offline.encoder import ItemEncoder, bundled_model_dir
+from serving.offline.evaluate import cold_start_task, evaluate, held_out_items, next_item_task
+from serving.offline.export_encoder import export_encoder
+from serving.offline.item_vectors import item_text_vectors
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("full", "lora")
+DEFAULT_LR = {"full": 3e-5, "lora": 5e-4}
+"""Common starting points (sentence-transformers' fine-tuning; LoRA's paper for BERT-size
+models): LoRA trains far fewer weights, from zero, so it takes a larger step."""
+LORA_TARGETS = ("query", "value")
+ENCODE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    method: str = "lora"
+    steps: int = 500
+    pairs_per_step: int = 32
+    history: int = 5
+    lr: float | None = None
+    """None: ``DEFAULT_LR[method]``."""
+    temperature: float = 0.05
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    eval_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        for name in ("steps", "pairs_per_step", "history", "eval_every", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.temperature <= 0 or (self.lr is not None and self.lr <= 0):
+            raise ValueError("temperature and lr must be positive")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """One row per training event: the history before it (catalog rows, -1 = padding, oldest
+    first), which of those were purchases, and the event's item."""
+
+    history: np.ndarray  # [pairs, history] int64
+    purchased: np.ndarray  # [pairs, history] bool
+    targets: np.ndarray  # [pairs] int64
+
+
+def training_pairs(train: Sequences, history: int) -> Pairs:
+    """Every event after a user's first, with up to ``history`` items before it."""
+    rows, bought, targets = [], [], []
+    for items, purchased in zip(train.items, train.purchased):
+        for t in range(1, len(items)):
+            start = max(0, t - history)
+            pad = history - (t - start)
+            rows.append([-1] * pad + list(items[start:t]))
+            bought.append([False] * pad + list(purchased[start:t]))
+            targets.append(items[t])
+    return Pairs(
+        np.array(rows, dtype=np.int64), np.array(bought, dtype=bool), np.array(targets, np.int64)
+    )
+
+
+def in_batch_loss(
+    vectors: torch.Tensor,
+    rows: np.ndarray,
+    history: np.ndarray,
+    purchased: np.ndarray,
+    targets: np.ndarray,
+    temperature: float,
+) -> torch.Tensor:
+    """InfoNCE of each pair's user vector against every item encoded for the batch.
+
+    ``vectors[i]`` is catalog row ``rows[i]`` (``rows`` sorted, unique, holding every
+    history item and target). Each pair's own history items are masked out of its
+    candidates; every other encoded item is a negative.
+    """
+    columns = torch.from_numpy(np.searchsorted(rows, np.clip(history, 0, None)))
+    weights = torch.from_numpy(history_weights(history, purchased))
+    summed = (weights.unsqueeze(-1) * vectors[columns]).sum(dim=1)
+    users = torch.nn.functional.normalize(summed, dim=1)
+    logits = users @ vectors.T / temperature
+    seen = np.zeros(tuple(logits.shape), dtype=bool)
+    pair, position = np.nonzero(history >= 0)
+    seen[pair, columns.numpy()[pair, position]] = True
+    logits = logits.masked_fill(torch.from_numpy(seen), float("-inf"))
+    labels = torch.from_numpy(np.searchsorted(rows, targets))
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def trainable_encoder(config: FinetuneConfig) -> ItemEncoder:
+    encoder = ItemEncoder()
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.1,
+            target_modules=list(LORA_TARGETS),
+        )
+        encoder.bert = get_peft_model(encoder.bert, lora)
+    return encoder
+
+
+def catalog_vectors(encoder: ItemEncoder, tokenizer, texts: list[str]) -> np.ndarray:
+    """Every catalog text's vector, padding row 0 first (zeros), in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    chunks = [np.zeros((1, encoder.bert.config.hidden_size), np.float32)]
+    with torch.no_grad():
+        for start in range(0, len(texts), ENCODE_BATCH):
+            ids, mask = tokenizer.encode_batch(texts[start : start + ENCODE_BATCH])
+            chunks.append(encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+    encoder.train(was_training)
+    return np.concatenate(chunks)
+
+
+@dataclass
+class FinetuneResult:
+    encoder: ItemEncoder
+    curve: list[dict]
+    best_step: int
+    parameters_trained: int
+    train_seconds: float
+
+
+def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    movielens = load_movielens()
+    sequences = user_sequences(movielens)
+    split = leave_one_out(sequences)
+    held = held_out_items(sequences)
+    texts = item_texts(movielens, sequences.item_ids)
+    pairs = training_pairs(without_items(split.train, held), config.history)
+    valid = next_item_task(split, "valid")
+    new_items_valid = cold_start_task(split, held, "valid")
+    tokenizer = load_tokenizer(bundled_model_dir() / "tokenizer.json")
+
+    encoder = trainable_encoder(config)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(config.steps))
+
+    def validate(step: int, loss: float) -> dict:
+        vectors = catalog_vectors(encoder, tokenizer, texts)
+        point = {
+            "step": step,
+            "loss": loss,
+            "valid_ndcg@10": evaluate(zero_shot_mean(vectors), valid)["ndcg@10"],
+            "new_items_valid_ndcg@10": evaluate(zero_shot_mean(vectors), new_items_valid)[
+                "ndcg@10"
+            ],
+        }
+        if progress:
+            print(json.dumps(point), flush=True)
+        return point
+
+    curve = [validate(0, float("nan"))]
+    best = {"step": 0, "score": curve[0]["valid_ndcg@10"], "state": _trainable_state(encoder)}
+    encoder.train()
+    train_seconds, losses = 0.0, []
+    for step in range(1, config.steps + 1):
+        started = time.monotonic()
+        chosen = rng.choice(len(pairs.targets), config.pairs_per_step, replace=False)
+        history, bought = pairs.history[chosen], pairs.purchased[chosen]
+        targets = pairs.targets[chosen]
+        rows = np.unique(np.concatenate([history[history >= 0], targets]))
+        ids, mask = tokenizer.encode_batch([texts[r - 1] for r in rows])
+        vectors = encoder(torch.from_numpy(ids), torch.from_numpy(mask))
+        loss = in_batch_loss(vectors, rows, history, bought, targets, config.temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        train_seconds += time.monotonic() - started
+        losses.append(loss.item())
+        if step % config.eval_every == 0 or step == config.steps:
+            point = validate(step, float(np.mean(losses)))
+            point["train_seconds"] = train_seconds
+            curve.append(point)
+            losses = []
+            if point["valid_ndcg@10"] > best["score"]:
+                best = {"step": step, "score": point["valid_ndcg@10"]}
+                best["state"] = _trainable_state(encoder)
+    encoder.load_state_dict(best["state"], strict=False)
+    return FinetuneResult(
+        encoder.eval(), curve, best["step"], sum(p.numel() for p in trainable), train_seconds
+    )
+
+
+def warmup_then_decay(steps: int):
+    """BERT's schedule: linear warm-up over the first tenth, then linear decay to zero."""
+    warmup = max(1, steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return factor
+
+
+def _trainable_state(encoder: ItemEncoder) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in encoder.named_parameters() if p.requires_grad}
+
+
+def save_finetuned(result: FinetuneResult, config: FinetuneConfig, out_dir: Path) -> Path:
+    """Merged weights, the checked ONNX graph, the catalog's vectors through it, the curve."""
+    bert = result.encoder.bert
+    if config.method == "lora":
+        bert = bert.merge_and_unload()  # plain BERT weights: the served graph's shape
+    model_dir = out_dir / "model"
+    bert.save_pretrained(str(model_dir))
+    source = bundled_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (model_dir / name).write_bytes((source / name).read_bytes())
+    onnx_dir = export_encoder(model_dir, out_dir / "onnx")
+    movielens = load_movielens()
+    texts = item_texts(movielens, user_sequences(movielens).item_ids)
+    np.save(out_dir / "item_vectors.npy", item_text_vectors(texts, onnx_dir, out_dir / "cache"))
+    summary = {
+        "config": asdict(config) | {"lr": config.learning_rate},
+        "best_step": result.best_step,
+        "parameters_trained": result.parameters_trained,
+        "train_seconds": result.train_seconds,
+        "threads": torch.get_num_threads(),
+        "curve": result.curve,
+    }
+    (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
+    plot_curve(result.curve, config.method, out_dir / "curve.png")
+    return out_dir
+
+
+def plot_curve(curve: list[dict], method: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in curve]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(steps, [p["valid_ndcg@10"] for p in curve], marker="o", label="all validation")
+    axis.plot(steps, [p["new_items_valid_ndcg@10"] for p in curve], marker="s", label="new items")
+    axis.set_xlabel("step")
+    axis.set_ylabel("zero-shot NDCG@10 (validation)")
+    axis.set_title(f"item encoder fine-tuning ({method})")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def finetune_command(args) -> None:
+    config = FinetuneConfig(
+        method=args.method,
+        steps=args.steps,
+        pairs_per_step=args.pairs_per_step,
+        history=args.history,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    result = finetune(config)
+    out = save_finetuned(result, config, args.out)
+    print(
+        f"{config.method}: best step {result.best_step}, {result.parameters_trained:,} "
+        f"parameters trained, {result.train_seconds:.0f} s; vectors {out / 'item_vectors.npy'}"
+    )
+    vectors = out / "item_vectors.npy"
+    print(f"  streamrec train --vectors {vectors} --out var/models/head-{config.method}-seed0")
+    print(
+        f"  streamrec train --vectors {vectors} --protocol cold "
+        f"--out var/models/head-cold-{config.method}-seed0"
+    )

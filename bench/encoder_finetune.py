@@ -29,7 +29,13 @@ from bench.head_vs_sasrec import per_user_ndcg
 from bench.sasrec_check import paired
 from serving.offline.baselines import zero_shot_mean
 from serving.offline.data import item_texts, leave_one_out, load_movielens, user_sequences
-from serving.offline.evaluate import cold_start_task, evaluate, held_out_items, next_item_task
+from serving.offline.evaluate import (
+    Task,
+    cold_start_task,
+    evaluate,
+    held_out_items,
+    next_item_task,
+)
 from serving.offline.item_vectors import item_text_vectors
 
 WORK = Path("var/encoders")
@@ -44,7 +50,7 @@ def keep_run(run_dir: Path, name: str) -> dict:
     """A head run's test metrics, per-user ranks and best validation NDCG@10, copied under
     ``OUT/runs`` (var/ is not kept)."""
     figures = json.loads((run_dir / "metrics.json").read_text())
-    kept = {"test": figures["test"], "ranks": figures["ranks"]}
+    kept = {key: figures[key] for key in ("test", "ranks") if key in figures}  # cold: no ranks
     kept["best_valid_ndcg@10"] = max(point["valid_ndcg@10"] for point in figures["curve"])
     (OUT / "runs").mkdir(parents=True, exist_ok=True)
     (OUT / "runs" / f"{name}.json").write_text(json.dumps(kept))
@@ -58,19 +64,21 @@ def frozen_run(path: Path) -> dict:
     return figures
 
 
-def zero_shot(vectors: np.ndarray) -> dict[str, float]:
-    """The zero-shot model's NDCG@10 on the validation, test and new items' test events."""
-    movielens = load_movielens()
-    sequences = user_sequences(movielens)
+def zero_shot_tasks() -> dict[str, Task]:
+    """The tasks the zero-shot model is scored on: validation, test, new items' test."""
+    sequences = user_sequences(load_movielens())
     split = leave_one_out(sequences)
-    held = held_out_items(sequences)
-    padded = np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors])
-    score = zero_shot_mean(padded)
     return {
-        "valid": evaluate(score, next_item_task(split, "valid"))["ndcg@10"],
-        "test": evaluate(score, next_item_task(split, "test"))["ndcg@10"],
-        "cold_test": evaluate(score, cold_start_task(split, held, "test"))["ndcg@10"],
+        "valid": next_item_task(split, "valid"),
+        "test": next_item_task(split, "test"),
+        "cold_test": cold_start_task(split, held_out_items(sequences), "test"),
     }
+
+
+def zero_shot(vectors: np.ndarray, tasks: dict[str, Task]) -> dict[str, float]:
+    """The zero-shot model's NDCG@10 on each task."""
+    score = zero_shot_mean(np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors]))
+    return {name: evaluate(score, task)["ndcg@10"] for name, task in tasks.items()}
 
 
 def served_encoder(results: dict[str, dict]) -> str:
@@ -86,7 +94,7 @@ def served_vectors() -> np.ndarray:
 def report(frozen_head: Path, frozen_cold: Path) -> str:
     frozen = frozen_run(frozen_head)
     users = sorted(frozen["ranks"])
-    rows, results = [], {}
+    rows, results, tasks = [], {}, zero_shot_tasks()
     for name in ("frozen", *METHODS):
         if name == "frozen":
             head, cold, vectors = frozen, frozen_run(frozen_cold), served_vectors()
@@ -102,7 +110,7 @@ def report(frozen_head: Path, frozen_cold: Path) -> str:
             "parameters_trained": tuning["parameters_trained"],
             "train_seconds": tuning["train_seconds"],
             "best_step": tuning["best_step"],
-            "zero_shot_ndcg@10": zero_shot(vectors),
+            "zero_shot_ndcg@10": zero_shot(vectors, tasks),
             "head_valid_ndcg@10": head["best_valid_ndcg@10"],
             "ndcg@10": head["test"]["ndcg@10"],
             "recall@10": head["test"]["recall@10"],

@@ -84,9 +84,9 @@ def torch_encoder(tokenizer: BatchTokenizer, device: str = "cpu") -> Encode:
 
 def build_variants(onnx_path: Path, work_dir: Path) -> dict[str, Path]:
     """ONNX files of the offline variants (fused, INT8), written under ``work_dir``."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from serving.offline.export_encoder import quantize_int8
 
     work_dir.mkdir(parents=True, exist_ok=True)
     fused = work_dir / "model.bert-fused.onnx"
@@ -96,15 +96,7 @@ def build_variants(onnx_path: Path, work_dir: Path) -> dict[str, Path]:
     paths = {"ort bert-fused": fused}
     for name, source in (("ort int8", onnx_path), ("ort bert-fused int8", fused)):
         target = work_dir / f"model.{name.split(' ', 1)[1].replace(' ', '-')}.onnx"
-        quantize_dynamic(
-            str(source),
-            str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=True,  # per-tensor scales: mean cosine 0.968 (see README)
-            # The fused graph's contrib ops defeat shape inference; their outputs are fp32.
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
-        )
-        paths[name] = target
+        paths[name] = quantize_int8(source, target)  # as item_embedder version 3 is made
     return paths
 
 

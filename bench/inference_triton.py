@@ -65,7 +65,7 @@ def zero_shot_repository(source: Path, target: Path) -> Path:
 
 def write_catalog(settings: Settings, vectors: np.ndarray) -> None:
     client = redis_client(settings)
-    client.delete(*CatalogKeys(KEY_PREFIX).all())
+    client.delete(*CatalogKeys(KEY_PREFIX).write_keys([1]))
     store = CatalogStore(client, KEY_PREFIX)
     for start in range(0, len(vectors), WRITE_CHUNK):
         stop = min(start + WRITE_CHUNK, len(vectors))
@@ -74,7 +74,7 @@ def write_catalog(settings: Settings, vectors: np.ndarray) -> None:
 
 
 def clear_catalog(settings: Settings) -> None:
-    redis_client(settings).delete(*CatalogKeys(KEY_PREFIX).all())
+    redis_client(settings).delete(*CatalogKeys(KEY_PREFIX).write_keys([1]))
 
 
 def latencies(run: Callable[[], Awaitable[object]], loop, budget_s: float) -> list[float]:

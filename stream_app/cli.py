@@ -1,5 +1,5 @@
 """``streamrec`` command line: up | worker | catalog | replay | export | train | evaluate |
-sasrec | finetune | trainer | model | demo | bench."""
+sasrec | finetune | trainer | model | encoder | demo | bench."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from serving.offline.commands import add_offline_commands
 from serving.trainer.commands import (
     add_trainer_commands,
+    encoder_command,
     experiment_command,
     model_command,
     trainer_command,
@@ -75,7 +76,9 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
     from serving.offline.export_encoder import export_item_embedder
 
-    version_dir = export_item_embedder(Path(settings.triton.model_repository), force=args.force)
+    version_dir = export_item_embedder(
+        Path(settings.triton.model_repository), args.force, args.version, args.adapter, args.int8
+    )
     print(f"item_embedder exported to {version_dir}")
 
 
@@ -138,6 +141,16 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--run-id", default="", help="distinguishes event ids between runs")
     export = sub.add_parser("export", help="export the item encoder to ONNX for Triton")
     export.add_argument("--force", action="store_true", help="export even if present")
+    export.add_argument("--version", type=int, default=1, help="item_embedder version to write")
+    export.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="a LoRA adapter (streamrec finetune) merged into the bundled encoder; version > 1",
+    )
+    export.add_argument(
+        "--int8", action="store_true", help="version 1's graph with dynamic INT8 weights"
+    )
     add_offline_commands(sub)
     add_trainer_commands(sub)
     demo = sub.add_parser("demo", help="stack + worker + short replay, prints live results")
@@ -172,6 +185,7 @@ COMMANDS = {
     "finetune": cmd_finetune,
     "trainer": trainer_command,
     "model": model_command,
+    "encoder": encoder_command,
     "experiment": experiment_command,
     "bench": cmd_bench,
 }

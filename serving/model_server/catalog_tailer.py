@@ -30,7 +30,8 @@ class CatalogTailer:
     ``poll`` applies what the log holds after the last applied entry; ``start`` runs it
     in a daemon thread (Triton's python backend calls ``execute`` from its own thread,
     so changes land between requests under ``lock``). ``on_upsert`` receives the seconds
-    from each upsert entering Kafka to it being applied: the freshness metric.
+    from each upsert entering Kafka to it being applied: the freshness metric. Only the
+    vectors of ``encoder_version`` are read: a ranking never mixes two encoders.
     """
 
     def __init__(
@@ -39,9 +40,11 @@ class CatalogTailer:
         prefix: str,
         matrix: CatalogMatrix,
         on_upsert: Callable[[float], None] = lambda seconds: None,
+        encoder_version: int = 1,
     ) -> None:
         self._redis = client
         self.keys = CatalogKeys(prefix)
+        self._vectors = self.keys.vectors_of(encoder_version)
         self._matrix = matrix
         self._on_upsert = on_upsert
         self.lock = threading.Lock()
@@ -54,7 +57,7 @@ class CatalogTailer:
         """Every vector and the log position they reflect, read in one transaction."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(self.keys.version)
-        pipe.hgetall(self.keys.vectors)
+        pipe.hgetall(self._vectors)
         pipe.hgetall(self.keys.added)
         pipe.xrevrange(self.keys.log, count=1)
         raw_version, blobs, added, last = pipe.execute()
@@ -64,7 +67,9 @@ class CatalogTailer:
             self._matrix.replace([i.decode() for i in ids], vectors, _times(added, ids))
         self.seq = int(raw_version or 0)
         self._last_id = last[0][0].decode() if last else "0-0"
-        logger.info("catalog snapshot items=%d seq=%d", len(ids), self.seq)
+        logger.info(
+            "catalog snapshot items=%d seq=%d vectors=%s", len(ids), self.seq, self._vectors
+        )
 
     def poll(self, block_ms: int | None = None) -> int:
         """Apply the log entries after the last applied one; returns how many."""
@@ -98,7 +103,7 @@ class CatalogTailer:
         added: list[bytes | None] = []
         if upserted:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.hmget(self.keys.vectors, upserted)
+            pipe.hmget(self._vectors, upserted)
             pipe.hmget(self.keys.added, upserted)
             blobs, added = pipe.execute()
         found = {i: b for i, b in zip(upserted, blobs) if b is not None}

@@ -19,6 +19,8 @@ class HeadRuntime:
     def __init__(self, version_dir: Path, intra_op_threads: int = 0) -> None:
         metadata = json.loads((version_dir / "head.json").read_text())
         self.model_version: str = metadata["model_version"]
+        # The item_embedder version whose vectors the head was trained on (1 before versions).
+        self.encoder_version: int = int(metadata.get("encoder_version", 1))
         self.max_len: int = metadata["max_len"]
         self.id_rows: dict[str, int] = metadata["id_rows"]
         options = ort.SessionOptions()

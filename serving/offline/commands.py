@@ -87,6 +87,12 @@ def add_offline_commands(sub) -> None:
     train.add_argument("--out", type=Path, default=Path("var/models/head"))
     train.add_argument("--export", action="store_true", help="export into model_repository")
     train.add_argument("--version", type=int, default=2, help="recommender version to write")
+    train.add_argument(
+        "--encoder-version",
+        type=int,
+        default=1,
+        help="item_embedder version whose vectors the head trains on (and is served with)",
+    )
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--seeds", type=int, default=3)
     evaluate.add_argument("--jobs", type=int, default=1, help="runs in parallel")

@@ -1,14 +1,17 @@
 """Export the item encoder to ONNX and lay out the Triton model repository.
 
-Writes ``model_repository/item_embedder/1/model.onnx`` and its ``tokenizer.json``;
-configs and the thin ``model.py`` shims are committed. Prints a parity check of the
-ONNX graph against PyTorch so a bad export fails loudly here, not in production.
+Writes ``model_repository/item_embedder/1/model.onnx`` (the bundled MiniLM) and its
+``tokenizer.json``; configs and the thin ``model.py`` shims are committed. Version 2 and
+up are fine-tuned encoders: the bundled model with a LoRA adapter (``streamrec finetune``)
+merged in. Prints a parity check of the ONNX graph against PyTorch so a bad export fails
+loudly here, not in production.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +31,80 @@ PARITY_TEXTS = [
 PARITY_TOLERANCE = 1e-4
 
 
-def export_item_embedder(repository: Path, force: bool = False) -> Path:
-    """Write the encoder's ONNX graph and tokenizer under ``repository``; return the version dir."""
-    version_dir = repository / "item_embedder" / "1"
-    if (version_dir / "model.onnx").exists() and (version_dir / "tokenizer.json").exists():
-        if not force:
-            logger.info('item_embedder already exported path="%s"', version_dir)
-            return version_dir
-    return export_encoder(bundled_model_dir(), version_dir)
+SHIM_VERSION = "1"
+"""The version directory whose committed ``model.py`` every other version copies."""
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+
+
+def export_item_embedder(
+    repository: Path,
+    force: bool = False,
+    version: int = 1,
+    adapter: Path | None = None,
+    int8: bool = False,
+) -> Path:
+    """Write an encoder's ONNX graph and tokenizer as ``item_embedder/<version>`` under
+    ``repository`` and return the directory: version 1 is the bundled MiniLM; a later one
+    is it with a LoRA ``adapter`` merged in, or (``int8``) version 1's graph quantised."""
+    if (version == 1) != (adapter is None and not int8) or (adapter is not None and int8):
+        raise ValueError("version 1 is the bundled encoder; a later one: an adapter or int8")
+    version_dir = repository / "item_embedder" / str(version)
+    exported = (version_dir / "model.onnx").exists() and (version_dir / "tokenizer.json").exists()
+    if exported and not force:
+        logger.info('item_embedder already exported path="%s"', version_dir)
+        return version_dir
+    first = repository / "item_embedder" / SHIM_VERSION
+    if version == 1:
+        return export_encoder(bundled_model_dir(), version_dir)
+    if int8:
+        quantize_int8(first / "model.onnx", version_dir / "model.onnx")
+        shutil.copyfile(first / "tokenizer.json", version_dir / "tokenizer.json")
+    else:
+        assert adapter is not None
+        with tempfile.TemporaryDirectory() as merged:
+            export_encoder(merge_adapter(adapter, Path(merged)), version_dir)
+    shutil.copyfile(first / "model.py", version_dir / "model.py")
+    return version_dir
+
+
+def quantize_int8(source: Path, target: Path) -> Path:
+    """Dynamic INT8 weights, one scale per output channel (per-tensor scales lost too much:
+    bench/results/encoder/compression.md measured the choice); activations stay fp32."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # Fused graphs' contrib ops defeat shape inference; their outputs are fp32.
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
+    return target
+
+
+def merge_adapter(adapter: Path, out_dir: Path) -> Path:
+    """The bundled model with the LoRA adapter in ``adapter`` merged in, saved as a plain
+    Hugging Face model directory (with the bundled tokenizer) in ``out_dir``."""
+    from peft import PeftModel
+
+    base = ItemEncoder().bert
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+    copy_tokenizer(bundled_model_dir(), out_dir)
+    return out_dir
+
+
+def copy_tokenizer(source: Path, model_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, model_dir / name)
 
 
 def export_encoder(model_dir: Path, version_dir: Path) -> Path:

@@ -52,13 +52,22 @@ def export_head(
     parity_rows: np.ndarray,
     parity_types: np.ndarray,
     provenance: dict | None = None,
+    encoder_version: int = 1,
 ) -> dict:
     """Write the head under ``version_dir`` (replacing it whole); returns the parity report."""
     # A leading dot: Triton reads "2.tmp" as version 2, but ignores ".2.tmp".
     tmp = version_dir.with_name(f".{version_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     report = write_head(
-        model, item_ids, trained_rows, tmp, model_version, parity_rows, parity_types, provenance
+        model,
+        item_ids,
+        trained_rows,
+        tmp,
+        model_version,
+        parity_rows,
+        parity_types,
+        provenance,
+        encoder_version,
     )
     shutil.rmtree(version_dir, ignore_errors=True)
     tmp.rename(version_dir)
@@ -74,6 +83,7 @@ def write_head(
     parity_rows: np.ndarray,
     parity_types: np.ndarray,
     provenance: dict | None = None,
+    encoder_version: int = 1,
 ) -> dict:
     """Everything a served version holds, into the new directory ``out_dir``: the ONNX
     graphs, ``head.json`` (with ``provenance``: what the version learned from), the
@@ -118,6 +128,8 @@ def write_head(
     metadata = {
         "model_version": model_version,
         "max_len": model.config.max_len,
+        # The item_embedder version whose vectors it was trained on, and must rank with.
+        "encoder_version": encoder_version,
         "config": model.config.to_dict(),
         # Items with a learned embedding; any other item is scored by its text alone.
         "id_rows": {item_ids[r - 1]: r for r in sorted(trained_rows)},

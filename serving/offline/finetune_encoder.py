@@ -46,7 +46,7 @@ from serving.offline.data import (
 )
 from serving.offline.encoder import ItemEncoder, bundled_model_dir
 from serving.offline.evaluate import cold_start_task, evaluate, held_out_items, next_item_task
-from serving.offline.export_encoder import export_encoder
+from serving.offline.export_encoder import copy_tokenizer, export_encoder
 from serving.offline.item_vectors import item_text_vectors
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ DEFAULT_LR = {"full": 3e-5, "lora": 5e-4}
 models): LoRA trains far fewer weights, from zero, so it takes a larger step."""
 LORA_TARGETS = ("query", "value")
 ENCODE_BATCH = 64
+BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+"""What a saved adapter names as its base: the bundled copy of that model."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ def catalog_vectors(encoder: ItemEncoder, tokenizer, texts: list[str]) -> np.nda
 @dataclass
 class FinetuneResult:
     encoder: ItemEncoder
+    texts: list[str]  # the catalog's texts, row i is item i + 1
     curve: list[dict]
     best_step: int
     parameters_trained: int
@@ -194,21 +197,19 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_decay(config.steps))
 
-    def validate(step: int, loss: float) -> dict:
-        vectors = catalog_vectors(encoder, tokenizer, texts)
+    def validate(step: int, loss: float | None) -> dict:
+        scorer = zero_shot_mean(catalog_vectors(encoder, tokenizer, texts))
         point = {
             "step": step,
             "loss": loss,
-            "valid_ndcg@10": evaluate(zero_shot_mean(vectors), valid)["ndcg@10"],
-            "new_items_valid_ndcg@10": evaluate(zero_shot_mean(vectors), new_items_valid)[
-                "ndcg@10"
-            ],
+            "valid_ndcg@10": evaluate(scorer, valid)["ndcg@10"],
+            "new_items_valid_ndcg@10": evaluate(scorer, new_items_valid)["ndcg@10"],
         }
         if progress:
             print(json.dumps(point), flush=True)
         return point
 
-    curve = [validate(0, float("nan"))]
+    curve = [validate(0, None)]  # no loss before the first step
     best = {"step": 0, "score": curve[0]["valid_ndcg@10"], "state": _trainable_state(encoder)}
     encoder.train()
     train_seconds, losses = 0.0, []
@@ -237,7 +238,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
                 best["state"] = _trainable_state(encoder)
     encoder.load_state_dict(best["state"], strict=False)
     return FinetuneResult(
-        encoder.eval(), curve, best["step"], sum(p.numel() for p in trainable), train_seconds
+        encoder.eval(), texts, curve, best["step"], sum(p.numel() for p in trainable), train_seconds
     )
 
 
@@ -258,19 +259,22 @@ def _trainable_state(encoder: ItemEncoder) -> dict[str, torch.Tensor]:
 
 
 def save_finetuned(result: FinetuneResult, config: FinetuneConfig, out_dir: Path) -> Path:
-    """Merged weights, the checked ONNX graph, the catalog's vectors through it, the curve."""
+    """Merged weights, the checked ONNX graph, the catalog's vectors through it, the curve.
+
+    LoRA also keeps its adapter alone (a few hundred KB), which `streamrec export --adapter`
+    merges into the bundled model again: small enough to ship in the repository.
+    """
     bert = result.encoder.bert
     if config.method == "lora":
+        bert.save_pretrained(str(out_dir / "adapter"))
+        portable_adapter(out_dir / "adapter")
         bert = bert.merge_and_unload()  # plain BERT weights: the served graph's shape
     model_dir = out_dir / "model"
     bert.save_pretrained(str(model_dir))
-    source = bundled_model_dir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        (model_dir / name).write_bytes((source / name).read_bytes())
+    copy_tokenizer(bundled_model_dir(), model_dir)
     onnx_dir = export_encoder(model_dir, out_dir / "onnx")
-    movielens = load_movielens()
-    texts = item_texts(movielens, user_sequences(movielens).item_ids)
-    np.save(out_dir / "item_vectors.npy", item_text_vectors(texts, onnx_dir, out_dir / "cache"))
+    vectors = item_text_vectors(result.texts, onnx_dir, out_dir / "cache")
+    np.save(out_dir / "item_vectors.npy", vectors)
     summary = {
         "config": asdict(config) | {"lr": config.learning_rate},
         "best_step": result.best_step,
@@ -282,6 +286,16 @@ def save_finetuned(result: FinetuneResult, config: FinetuneConfig, out_dir: Path
     (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
     plot_curve(result.curve, config.method, out_dir / "curve.png")
     return out_dir
+
+
+def portable_adapter(adapter_dir: Path) -> None:
+    """Name the base model by what it is, not by this machine's path to it (the adapter
+    ships in the repository), and drop peft's generated model card."""
+    config_path = adapter_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = BASE_MODEL_NAME
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (adapter_dir / "README.md").unlink(missing_ok=True)
 
 
 def plot_curve(curve: list[dict], method: str, path: Path) -> None:
@@ -315,11 +329,11 @@ def finetune_command(args) -> None:
     )
     result = finetune(config)
     out = save_finetuned(result, config, args.out)
+    vectors = out / "item_vectors.npy"
     print(
         f"{config.method}: best step {result.best_step}, {result.parameters_trained:,} "
-        f"parameters trained, {result.train_seconds:.0f} s; vectors {out / 'item_vectors.npy'}"
+        f"parameters trained, {result.train_seconds:.0f} s; vectors {vectors}"
     )
-    vectors = out / "item_vectors.npy"
     print(f"  streamrec train --vectors {vectors} --out var/models/head-{config.method}-seed0")
     print(
         f"  streamrec train --vectors {vectors} --protocol cold "

@@ -49,6 +49,8 @@ from serving.offline.train import TrainConfig, TrainResult, score_fn, train_head
 
 logger = logging.getLogger(__name__)
 
+EMBEDDER_DIR = Path("model_repository/item_embedder")
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -58,14 +60,16 @@ class Prepared:
     held_out: frozenset[int]
 
 
-def prepare(vectors_file: Path | None = None) -> Prepared:
-    """MovieLens split and BERT item vectors (computed with the served ONNX graph)."""
+def prepare(vectors_file: Path | None = None, encoder_version: int = 1) -> Prepared:
+    """MovieLens split and BERT item vectors (computed with the served ONNX graph of that
+    item_embedder version)."""
     movielens = load_movielens()
     sequences = user_sequences(movielens)
     if vectors_file is not None:  # vectors made elsewhere by the same ONNX graph
         vectors = np.load(vectors_file)
     else:
-        vectors = item_text_vectors(item_texts(movielens, sequences.item_ids))
+        texts = item_texts(movielens, sequences.item_ids)
+        vectors = item_text_vectors(texts, EMBEDDER_DIR / str(encoder_version))
     padded = np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors])
     return Prepared(sequences, leave_one_out(sequences), padded, held_out_items(sequences))
 
@@ -278,8 +282,11 @@ def markdown_table(results: dict, protocol: str, columns: tuple[str, ...]) -> st
     return "\n".join(lines)
 
 
-def export_run(run_dir: Path, version_dir: Path, prepared: Prepared | None = None) -> dict:
-    """Export a saved run into a Triton recommender version directory (parity-checked)."""
+def export_run(
+    run_dir: Path, version_dir: Path, prepared: Prepared | None = None, encoder_version: int = 1
+) -> dict:
+    """Export a saved run into a Triton recommender version directory (parity-checked);
+    it ranks with the vectors of item_embedder ``encoder_version``, as it was trained."""
     import hashlib
 
     from serving.model_server.scoring import left_pad
@@ -307,6 +314,7 @@ def export_run(run_dir: Path, version_dir: Path, prepared: Prepared | None = Non
         # Leave-one-out trains on ratings up to each user's third-last: the newest rating
         # of the data set bounds what it learned from.
         provenance={"source": "MovieLens-100k (streamrec train)", "trained_until_ts": newest},
+        encoder_version=encoder_version,
     )
 
 
@@ -435,7 +443,7 @@ def head_config_of(args, n_items: int) -> HeadConfig:
 def train_command(args, repository: Path = Path("model_repository")) -> None:
     if args.export and args.protocol != "standard":
         raise SystemExit("--export serves a head trained on the standard protocol")
-    prepared = prepare(args.vectors)
+    prepared = prepare(args.vectors, args.encoder_version)
     head = head_config_of(args, prepared.sequences.n_items)
     result, metrics = run_head(prepared, head, train_config_of(args), args.protocol, progress=True)
     # Test users line up with the ranks only under the standard protocol (one per user).
@@ -447,7 +455,7 @@ def train_command(args, repository: Path = Path("model_repository")) -> None:
     )
     if args.export:
         version_dir = repository / "recommender" / str(args.version)
-        report = export_run(args.out, version_dir, prepared)
+        report = export_run(args.out, version_dir, prepared, args.encoder_version)
         print(f"exported to {version_dir}: parity {report}")
 
 

@@ -1,5 +1,5 @@
-"""``streamrec trainer``, ``streamrec model list | promote VERSION | rollback | discard``
-and ``streamrec experiment apply | report``.
+"""``streamrec trainer``, ``streamrec model list | promote VERSION | rollback | discard``,
+``streamrec encoder roll | retire VERSION`` and ``streamrec experiment apply | report``.
 
 Arguments only at import (the CLI builds its parser without loading torch); each handler
 imports what it runs.
@@ -38,6 +38,16 @@ def add_trainer_commands(sub) -> None:
     promote.add_argument("version", type=int)
     actions.add_parser("rollback", help="serve the version that was live before this one")
     actions.add_parser("discard", help="end the candidate's trial (online gate): discard it")
+    encoder = sub.add_parser(
+        "encoder", help="item encoder versions: roll a new one out, retire an old one"
+    )
+    moves = encoder.add_subparsers(dest="action", required=True)
+    roll = moves.add_parser(
+        "roll", help="serve item_embedder VERSION, encode the catalog with it, train on it"
+    )
+    roll.add_argument("version", type=int)
+    retire = moves.add_parser("retire", help="drop VERSION's vectors (no head may rank with it)")
+    retire.add_argument("version", type=int)
     experiment = sub.add_parser(
         "experiment", help="the configured experiment: serve its arms' versions, compare arms"
     )
@@ -89,6 +99,26 @@ def model_command(settings: Settings, args: argparse.Namespace) -> None:
     print(
         f"version {version.number} ({version.model_version}, a copy of version {origin}) is"
         f" live: Triton loaded it in {seconds:.1f} s"
+    )
+
+
+def encoder_command(settings: Settings, args: argparse.Namespace) -> None:
+    import redis
+
+    from serving.trainer.encoders import retire, roll_out
+    from stream_app.core.client_options import redis_options
+
+    client = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+    if args.action == "retire":
+        deleted = retire(settings, client, args.version)
+        print(f"encoder {args.version} retired: {deleted} vectors deleted")
+        return
+    report = roll_out(settings, client, args.version)
+    print(
+        f"encoder {report.version}: {report.written} of {report.items} items encoded"
+        f" ({report.changed_meanwhile} changed meanwhile, written by the worker) in"
+        f" {report.seconds:.1f} s; the set is now {report.encoders}. The trainer's next cycle"
+        f" trains a full head on it (streamrec trainer --once --full to do it now)."
     )
 
 

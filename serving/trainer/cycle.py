@@ -141,10 +141,14 @@ def run_cycle(
         return report
 
     checkpoint = torch.load(live.path / CHECKPOINT, weights_only=True) if live.is_head else None
-    report.mode = "full" if full or checkpoint is None else "warm"
+    # A new encoder moves every text vector: nothing the live head learned carries over.
+    new_encoder = catalog.encoder != live.encoder_version
+    report.mode = "full" if full or checkpoint is None or new_encoder else "warm"
     item_ids, text_vectors, added_ts = catalog_rows(
         catalog, checkpoint["item_ids"] if checkpoint else ()
     )
+    # The live head scores with its own encoder's vectors (a roll-out trains on a new one).
+    live_vectors = padded(catalog.in_order(item_ids).vectors_of[live.encoder_version])
     timeline = Timeline.of(dataset.events, item_ids)
     # An item someone interacted with was in the catalog by then, whatever the catalog log
     # says (events exported from a warehouse predate the catalog's loading).
@@ -185,11 +189,20 @@ def run_cycle(
         staged = repository.staging_dir()
         try:
             parity_rows, parity_types = _parity_inputs(gate_task, model.config.max_len)
-            write_head(model, item_ids, trained_rows, staged, tag, parity_rows, parity_types)
+            write_head(
+                model,
+                item_ids,
+                trained_rows,
+                staged,
+                tag,
+                parity_rows,
+                parity_types,
+                encoder_version=catalog.encoder,
+            )
             report.seconds["export"] = _lap(clock, report.seconds)
             gate = run_gate(
                 served_scores(staged, item_ids, text_vectors),
-                served_scores(live.path, item_ids, text_vectors),
+                served_scores(live.path, item_ids, live_vectors),
                 gate_task,
                 trainer.gate_margin,
             )
@@ -204,6 +217,7 @@ def run_cycle(
                 "trained_at": time.time(),
                 "mode": report.mode,
                 "warm_start_from": live.number if warm else None,
+                "encoder_version": catalog.encoder,
                 "events": report.events,
                 "training_users": len(train.users),
                 "items": len(item_ids),
@@ -343,8 +357,12 @@ def catalog_rows(
     )
     item_ids = tuple(kept + newcomers)
     ordered = catalog.in_order(item_ids)
-    text_vectors = np.vstack([np.zeros((1, ordered.vectors.shape[1]), np.float32), ordered.vectors])
-    return item_ids, text_vectors, np.concatenate([[-np.inf], ordered.added_ts])
+    return item_ids, padded(ordered.vectors), np.concatenate([[-np.inf], ordered.added_ts])
+
+
+def padded(vectors: np.ndarray) -> np.ndarray:
+    """Catalog vectors with the padding row 0 (zeros) first."""
+    return np.vstack([np.zeros((1, vectors.shape[1]), np.float32), vectors])
 
 
 def _parity_inputs(task: Task, max_len: int) -> tuple[np.ndarray, np.ndarray]:

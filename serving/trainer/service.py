@@ -116,7 +116,11 @@ class Trainer:
             if on_trial is not None:
                 report = self.settle_trial(on_trial)
             else:
-                catalog = read_catalog(self._redis, self.settings.redis.key_prefix)
+                catalog = read_catalog(
+                    self._redis,
+                    self.settings.redis.key_prefix,
+                    self.repository.live().encoder_version,
+                )
                 report = run_cycle(
                     self.settings,
                     self.repository,

@@ -54,6 +54,13 @@ class Version:
         return (self.path / "head.json").exists()
 
     @property
+    def encoder_version(self) -> int:
+        """The item_embedder version whose vectors it ranks with (the zero-shot model: 1)."""
+        if not self.is_head:
+            return 1
+        return int(json.loads((self.path / "head.json").read_text()).get("encoder_version", 1))
+
+    @property
     def trained_until_ts(self) -> float | None:
         """The newest event the version learned from (None: the zero-shot model)."""
         return self.provenance.get("trained_until_ts")

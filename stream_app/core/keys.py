@@ -12,7 +12,11 @@ Cluster slot:
     <prefix>recs:{<user>}    the latest recommendations (JSON, without the caller's ids)
     <prefix>forgotten:{<user>}  after an erasure: its ts (the user's older events are dropped)
     <prefix>{catalog}:meta     hash item_id -> JSON {"title", "text", "tags"}
-    <prefix>{catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector)
+    <prefix>{catalog}:vectors  hash item_id -> float32 little-endian bytes (unit vector) made
+                               by item_embedder version 1; version n > 1: {catalog}:vectors:<n>
+    <prefix>{catalog}:encoders set of the item_embedder versions writers keep vectors of
+                               (absent: {1}); a write that names another set is refused
+    <prefix>{catalog}:encoder  the encoder version the trainer trains new heads on (absent: 1)
     <prefix>{catalog}:version  integer: the sequence number of the newest log entry
     <prefix>{catalog}:log      stream of changes (see ``catalog_log``)
     <prefix>{catalog}:added    hash item_id -> when it entered the catalog (0: imported)
@@ -28,6 +32,7 @@ Cluster slot:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -69,7 +74,21 @@ class CatalogKeys:
 
     @property
     def vectors(self) -> str:
+        """Encoder version 1's vectors (the name from before there were versions)."""
         return self._key("vectors")
+
+    def vectors_of(self, encoder_version: int) -> str:
+        if encoder_version < 1:
+            raise ValueError(f"encoder versions start at 1, got {encoder_version}")
+        return self.vectors if encoder_version == 1 else self._key(f"vectors:{encoder_version}")
+
+    @property
+    def encoders(self) -> str:
+        return self._key("encoders")
+
+    @property
+    def encoder(self) -> str:
+        return self._key("encoder")
 
     @property
     def version(self) -> str:
@@ -83,9 +102,10 @@ class CatalogKeys:
     def added(self) -> str:
         return self._key("added")
 
-    def all(self) -> list[str]:
-        """In the order the catalog write script takes them."""
-        return [self.meta, self.vectors, self.version, self.log, self.added]
+    def write_keys(self, encoder_versions: Sequence[int]) -> list[str]:
+        """In the order the catalog write script takes them: one vectors hash per version."""
+        fixed = [self.meta, self.version, self.log, self.added, self.encoders]
+        return fixed + [self.vectors_of(v) for v in encoder_versions]
 
 
 @dataclass(frozen=True)

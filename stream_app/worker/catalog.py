@@ -12,9 +12,15 @@ from typing import cast
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from stream_app.core.catalog_log import WRITE_LUA, change_args, meta_fields
+from stream_app.core.catalog_log import (
+    WRITE_LUA,
+    change_args,
+    is_stale_encoders,
+    meta_fields,
+    parse_encoders,
+)
 from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import ItemUpsert
 from stream_app.core.keys import CatalogKeys
@@ -28,17 +34,31 @@ class RedisCatalog(Catalog):
         self.keys = CatalogKeys(prefix)
         self._write = client.register_script(WRITE_LUA)
 
+    async def encoders(self) -> list[int]:
+        with track_redis("encoders"):
+            try:
+                return parse_encoders(await self._redis.smembers(self.keys.encoders))
+            except RedisError as exc:
+                raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc
+
     async def apply(
         self,
         upserts: Sequence[ItemUpsert],
-        vectors: np.ndarray | None,
+        vectors: Mapping[int, np.ndarray] | None,
         removals: Sequence[str],
         event_ts: Mapping[str, float] | None = None,
-    ) -> int:
-        """Upserts and removals in one atomic script; returns the new catalog version."""
-        args = change_args(upserts, vectors, removals, event_ts)
+        encoder_versions: Sequence[int] = (1,),
+    ) -> int | None:
+        """Upserts and removals in one atomic script; returns the new catalog version, or
+        None when the encoder set is no longer ``encoder_versions``."""
+        args = change_args(upserts, vectors, removals, event_ts, encoder_versions=encoder_versions)
+        keys = self.keys.write_keys(sorted(encoder_versions))
         try:
-            return int(await self._write(keys=self.keys.all(), args=args))
+            return int(await self._write(keys=keys, args=args))
+        except ResponseError as exc:
+            if is_stale_encoders(exc):
+                return None
+            raise RedisUnavailable(f"catalog write failed: {exc}") from exc
         except RedisError as exc:
             raise RedisUnavailable(f"catalog write failed: {type(exc).__name__}") from exc
 
@@ -48,7 +68,7 @@ class RedisCatalog(Catalog):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for item_id in item_ids:
-                    pipe.hexists(self.keys.vectors, item_id)
+                    pipe.hexists(self.keys.meta, item_id)
                 flags = await pipe.execute()
             except RedisError as exc:
                 raise RedisUnavailable(f"catalog read failed: {type(exc).__name__}") from exc

@@ -159,7 +159,7 @@ class RedisPopularity(Popularity):
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 pipe.pfcount(*keys)
-                pipe.hlen(self._catalog.vectors)
+                pipe.hlen(self._catalog.meta)
                 distinct, catalog_size = await pipe.execute()
             except RedisError as exc:
                 raise RedisUnavailable(f"coverage read failed: {type(exc).__name__}") from exc

@@ -125,14 +125,21 @@ class History(Protocol):
 class Catalog(Protocol):
     """The item catalog: which items exist, their titles, and changes to it."""
 
+    async def encoders(self) -> list[int]:
+        """The item_embedder versions every upsert must carry a vector of, ascending."""
+        ...
+
     async def apply(
         self,
         upserts: Sequence[ItemUpsert],
-        vectors: np.ndarray | None,
+        vectors: Mapping[int, np.ndarray] | None,
         removals: Sequence[str],
         event_ts: Mapping[str, float] | None = None,
-    ) -> int:
-        """Upserts (one vector each) and removals at once; returns the catalog version."""
+        encoder_versions: Sequence[int] = (1,),
+    ) -> int | None:
+        """Upserts (one vector each per encoder version) and removals at once; returns the
+        catalog version, or None, changing nothing, when ``encoder_versions`` is no longer
+        the encoder set (an encoder roll-out began): read it again and encode again."""
         ...
 
     async def known(self, item_ids: Sequence[str]) -> set[str]: ...
@@ -187,8 +194,8 @@ class Recommender(Protocol):
 
 
 class ItemEmbedder(Protocol):
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """One unit vector per text, in order."""
+    async def embed(self, texts: list[str], encoder_version: int = 1) -> np.ndarray:
+        """One unit vector per text, in order, from that item_embedder version."""
         ...
 
 

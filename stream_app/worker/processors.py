@@ -9,6 +9,7 @@ the batch is never acknowledged half done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -573,18 +574,32 @@ class ItemProcessor:
                 entered[item.item_id] = raw.timestamp or time.time()
                 kind = "upsert" if item.available else "remove"
                 metrics.EVENTS_CONSUMED.labels(topic=topic, type=kind).inc()
-            upserts = [i for i in latest.values() if i.available]
-            removals = [i.item_id for i in latest.values() if not i.available]
-            vectors: np.ndarray | None = None
-            if upserts:
-                texts = [i.text for i in upserts]
-                vectors = await self._retry("triton", lambda: self._embedder.embed(texts))
             if latest:
-                await self._retry(
-                    "redis", lambda: self._catalog.apply(upserts, vectors, removals, entered)
-                )
+                await self._store(list(latest.values()), entered)
             await self._publisher.flush()
         return outcome
+
+    async def _store(self, changes: list[ItemUpsert], entered: dict[str, float]) -> None:
+        """Encode the upserts with every encoder version in use, then write them and the
+        removals; encode again if an encoder roll-out began in between."""
+        upserts = [i for i in changes if i.available]
+        removals = [i.item_id for i in changes if not i.available]
+        texts = [i.text for i in upserts]
+        while True:
+            versions = await self._retry("redis", self._catalog.encoders)
+            vectors: dict[int, np.ndarray] | None = None
+            if upserts:
+                vectors = {}
+                for version in versions:
+                    embed = functools.partial(self._embedder.embed, texts, version)
+                    vectors[version] = await self._retry("triton", embed)
+            write = functools.partial(
+                self._catalog.apply, upserts, vectors, removals, entered, versions
+            )
+            written = await self._retry("redis", write)
+            if written is not None:
+                return
+            logger.info("encoder set changed during a catalog write: encoding again")
 
 
 def dead_letter(

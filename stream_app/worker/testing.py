@@ -115,26 +115,43 @@ class InMemoryCatalog(Catalog):
 
     def __init__(self, items: Sequence[ItemUpsert] = ()) -> None:
         self.items: dict[str, ItemUpsert] = {i.item_id: i for i in items}
-        self.vectors: dict[str, np.ndarray] = {}
+        self.encoder_versions = [1]  # the encoder set; a test starts a roll-out by changing it
+        self.vectors_by_version: dict[int, dict[str, np.ndarray]] = {}
         self.added_ts: dict[str, float] = {}  # items given at construction count as imported
         self.version = 0
+
+    @property
+    def vectors(self) -> dict[str, np.ndarray]:
+        """Encoder version 1's vectors."""
+        return self.vectors_by_version.setdefault(1, {})
+
+    async def encoders(self) -> list[int]:
+        return sorted(self.encoder_versions)
 
     async def apply(
         self,
         upserts: Sequence[ItemUpsert],
-        vectors: np.ndarray | None,
+        vectors: Mapping[int, np.ndarray] | None,
         removals: Sequence[str],
         event_ts: Mapping[str, float] | None = None,
-    ) -> int:
-        if upserts and (vectors is None or len(vectors) != len(upserts)):
-            raise ValueError("one vector per upserted item")
-        for item, vector in zip(upserts, vectors if vectors is not None else []):
+        encoder_versions: Sequence[int] = (1,),
+    ) -> int | None:
+        if sorted(encoder_versions) != sorted(self.encoder_versions):
+            return None
+        for version in encoder_versions:
+            rows = (vectors or {}).get(version)
+            if upserts and (rows is None or len(rows) != len(upserts)):
+                raise ValueError(f"one vector per upserted item and encoder version {version}")
+            stored = self.vectors_by_version.setdefault(version, {})
+            for item, vector in zip(upserts, rows if rows is not None else []):
+                stored[item.item_id] = vector
+            for item_id in removals:
+                stored.pop(item_id, None)
+        for item in upserts:
             self.items[item.item_id] = item
-            self.vectors[item.item_id] = vector
             self.added_ts.setdefault(item.item_id, (event_ts or {}).get(item.item_id, time.time()))
         for item_id in removals:
             self.items.pop(item_id, None)
-            self.vectors.pop(item_id, None)
             self.added_ts.pop(item_id, None)
         self.version += len(upserts) + len(removals)
         return self.version
@@ -255,10 +272,12 @@ class HashEmbedder(ItemEmbedder):
         self.dim = dim
         self.texts: list[str] = []
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], encoder_version: int = 1) -> np.ndarray:
         self.texts += texts
+        # Another encoder version gives other vectors for the same text.
+        salt = [] if encoder_version == 1 else [encoder_version]
         vectors = np.stack(
-            [np.random.default_rng(list(t.encode())).normal(size=self.dim) for t in texts]
+            [np.random.default_rng(list(t.encode()) + salt).normal(size=self.dim) for t in texts]
         ).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 

@@ -130,13 +130,14 @@ class TritonRecommender(Recommender, ItemEmbedder):
             self._candidate_checked = (now, served)
         return served
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors for texts, batched by EMBED_BATCH."""
+    async def embed(self, texts: list[str], encoder_version: int = 1) -> np.ndarray:
+        """Unit vectors for texts from that item_embedder version, batched by EMBED_BATCH."""
         chunks = []
         for start in range(0, len(texts), EMBED_BATCH):
             chunk = texts[start : start + EMBED_BATCH]
             batch = np.array([[t.encode()] for t in chunk], dtype=object)
-            result = await self._infer(self._embedder, [_input("TEXT", batch, "BYTES")])
+            inputs = [_input("TEXT", batch, "BYTES")]
+            result = await self._infer(self._embedder, inputs, version=str(encoder_version))
             chunks.append(result.as_numpy("EMBEDDING"))
         return np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
 

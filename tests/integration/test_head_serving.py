@@ -45,13 +45,17 @@ def test_exported_head_serves_the_same_top10_as_pytorch(stack_settings, stack, t
     repository = tmp_path / "repository"
     (repository / "recommender").mkdir(parents=True)
     shutil.copy("model_repository/recommender/config.pbtxt", repository / "recommender")
-    report = export_run(run_dir, repository / "recommender" / "1", prepared)
+    # Trained on vectors said to be encoder 2's: it must rank with those, never encoder 1's.
+    report = export_run(run_dir, repository / "recommender" / "1", prepared, encoder_version=2)
     assert report["identical_top10_share"] == 1.0
 
     prefix = unique("streamrec-head-test") + ":"
     item_ids = prepared.sequences.item_ids
     catalog = CatalogStore(redis_client(stack_settings), prefix)
-    catalog.upsert([ItemUpsert(i, i, i) for i in item_ids], prepared.text_vectors[1:])
+    catalog.start_encoders([1, 2])
+    other = np.random.default_rng(0).permutation(prepared.text_vectors[1:])
+    vectors = {1: other, 2: prepared.text_vectors[1:]}
+    catalog.upsert([ItemUpsert(i, i, i) for i in item_ids], vectors)
     grpc_port = free_port()
     settings = stack_settings.model_copy(
         update={

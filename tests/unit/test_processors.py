@@ -8,6 +8,8 @@ import asyncio
 import json
 import time
 
+import numpy as np
+
 from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import Interaction, ItemUpsert
 from stream_app.core.experiments import Experiment
@@ -275,6 +277,28 @@ def test_items_are_embedded_and_stored_the_last_change_of_an_item_winning():
     assert "2" not in store.items
     assert dead(publisher) == [(b'{"item_id": "bad"}', "missing_field")]
     assert (outcome.consumed, outcome.dead_lettered, publisher.flushes) == (4, 1, 1)
+
+
+def test_an_encoder_roll_out_that_begins_mid_write_gets_the_batch_encoded_again():
+    """Encoder 2 joins the set between the worker reading it and writing: the write is
+    refused, and the upsert lands with a vector of each version, none of it lost."""
+
+    class RollingOut(InMemoryCatalog):
+        async def apply(self, upserts, vectors, removals, event_ts=None, encoder_versions=(1,)):
+            if 2 not in self.encoder_versions:
+                self.encoder_versions.append(2)  # the roll-out's SADD, just before our write
+            return await super().apply(upserts, vectors, removals, event_ts, encoder_versions)
+
+    store, embedder = RollingOut(), HashEmbedder()
+    work = ItemProcessor(Settings(), store, embedder, RecordingPublisher())
+    asyncio.run(work.process([raw({"item_id": "new", "title": "T", "text": "some text"})]))
+
+    assert embedder.texts == ["some text"] * 3  # version 1, then versions 1 and 2 again
+    one, two = (store.vectors_by_version[v]["new"] for v in (1, 2))
+    expected = [asyncio.run(embedder.embed(["some text"], v))[0] for v in (1, 2)]
+    np.testing.assert_allclose(one, expected[0])
+    np.testing.assert_allclose(two, expected[1])
+    assert not np.allclose(one, two)
 
 
 AB = {

@@ -78,8 +78,9 @@ class TritonPythonModel:
         # The tailer blocks up to a second on XREAD: its socket must wait longer than that.
         options = redis_options(settings.redis, timeout_s=settings.redis.timeout_s + 1.0)
         client = redis.Redis.from_url(settings.redis.url, **options)
+        encoder_version = head.encoder_version if head else 1
         self.tailer = CatalogTailer(
-            client, settings.redis.key_prefix, matrix, self._freshness.observe
+            client, settings.redis.key_prefix, matrix, self._freshness.observe, encoder_version
         )
         self.tailer.start()
 

@@ -533,7 +533,8 @@ def _count_hits(first_time: list[Interaction], updates: list[UserUpdate], tally:
 
 
 class ItemProcessor:
-    """Catalog upserts: validate, encode through Triton item_embedder, store in Redis.
+    """Catalog upserts: validate, encode through Triton item_embedder (once per encoder
+    version in the catalog's encoder set), store in Redis.
 
     Each change is appended to the catalog log, which every recommender instance tails,
     so an upserted item is scorable within about a second; ``available: false`` removes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import generate_latest
 
 from serving.offline.data import Movie, Sequences
+from serving.offline.export_encoder import export_item_embedder
 from serving.trainer import metrics
 from serving.trainer.catalog import read_catalog
 from serving.trainer.cycle import event_dataset
+from serving.trainer.encoders import roll_out
 from serving.trainer.service import Trainer
 from serving.trainer.sources import READ_GROUP, StartAt, read_topic
 from serving.trainer.triton_control import load_latest, served_versions
@@ -32,6 +35,7 @@ from stream_app.devtools.catalog_loader import load_catalog
 from stream_app.devtools.devstack import free_port
 from stream_app.devtools.kafka_io import ensure_topics
 from stream_app.devtools.probes import metric_sum, scrape
+from stream_app.devtools.redis_io import redis_client
 from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import settings_env
 from tests.support import VAR, isolated, own_recommender, unique, wait_until
@@ -237,6 +241,38 @@ def test_an_operator_rolls_back_and_promotes_through_the_cli(trained, monkeypatc
     assert main(["model", "list"]) == 0
     listing = capsys.readouterr().out
     assert "(rollback)" in listing and f"copy of {live.number} (promoted)" in listing
+
+
+def test_a_rolled_out_encoder_gets_a_full_retrain_on_its_own_vectors(trained, movielens):
+    """After the others but the last: it leaves a live version on encoder 2. Its own key
+    prefix, so the session's catalog keeps encoder 1 alone."""
+    base = with_trainer(trained[0], gate_margin=1.0)
+    prefix = unique("encoders") + ":"
+    settings = base.model_copy(
+        update={"redis": base.redis.model_copy(update={"key_prefix": prefix})}
+    )
+    load_catalog(settings, list(movielens.movies))
+    client = redis_client(settings)
+    repository_dir = Path(settings.triton.model_repository)
+    new_encoder = export_item_embedder(repository_dir, force=True, version=2, int8=True)
+    try:
+        roll_out(settings, client, 2)
+    finally:
+        shutil.rmtree(new_encoder)
+    before = repository(settings).live()
+    assert before.is_head and before.encoder_version == 1
+
+    report = Trainer(settings, progress=False).cycle(full=False)  # warm asked, full needed
+
+    assert report.verdict == "promoted" and report.mode == "full", report.log_line()
+    live = repository(settings).live()
+    assert live.number == before.number + 1
+    assert live.encoder_version == 2 and live.provenance["encoder_version"] == 2
+    # The gate scored the live version with encoder 1's vectors, the candidate with 2's.
+    catalog = read_catalog(client, prefix, live_encoder=1)
+    assert catalog.encoder == 2 and sorted(catalog.vectors_of) == [1, 2]
+    assert not np.allclose(catalog.vectors_of[1], catalog.vectors_of[2], atol=1e-3)
+    client.delete(*client.keys(f"{prefix}*"))
 
 
 def test_erased_users_events_are_not_learned_from(trained):

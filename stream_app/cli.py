@@ -1,5 +1,5 @@
 """``streamrec`` command line: up | worker | catalog | replay | export | train | evaluate |
-sasrec | finetune | trainer | model | encoder | demo | bench."""
+sasrec | finetune | distill | trainer | model | encoder | demo | bench."""
 
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def cmd_sasrec(settings: Settings, args: argparse.Namespace) -> None:
     sasrec_command(args)
 
 
+def cmd_distill(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.offline.distill_encoder import distill_command
+
+    distill_command(args)
+
+
 def cmd_finetune(settings: Settings, args: argparse.Namespace) -> None:
     from serving.offline.finetune_encoder import finetune_command
 
@@ -183,6 +189,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "sasrec": cmd_sasrec,
     "finetune": cmd_finetune,
+    "distill": cmd_distill,
     "trainer": trainer_command,
     "model": model_command,
     "encoder": encoder_command,

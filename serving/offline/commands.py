@@ -1,6 +1,6 @@
-"""Command-line arguments of ``train``, ``evaluate``, ``sasrec`` and ``finetune``, shared
-by ``streamrec`` and ``python -m serving.offline.runs`` (which needs none of the service's
-packages, so it also runs on a bare GPU machine)."""
+"""Command-line arguments of ``train``, ``evaluate``, ``sasrec``, ``finetune`` and
+``distill``, shared by ``streamrec`` and ``python -m serving.offline.runs`` (which needs none
+of the service's packages, so it also runs on a bare GPU machine)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def add_offline_commands(sub) -> None:
     finetune.add_argument("--eval-every", type=int, default=50, help="steps between checks")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--out", type=Path, default=Path("var/encoders/lora"))
+    distill = sub.add_parser("distill", help="distil the item encoder into fewer layers")
+    distill.add_argument("--layers", type=int, default=3, help="of the teacher's 6")
+    distill.add_argument("--steps", type=int, default=600)
+    distill.add_argument("--batch", type=int, default=32, help="item texts per step")
+    distill.add_argument("--lr", type=float, default=1e-4)
+    distill.add_argument("--eval-every", type=int, default=50, help="steps between checks")
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--out", type=Path, default=Path("var/encoders/distilled-3"))
     train = sub.choices["train"]
     train.add_argument("--no-text", action="store_true", help="id embeddings only (SASRec)")
     train.add_argument("--no-ids", action="store_true", help="text only (no learned ids)")

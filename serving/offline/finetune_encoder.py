@@ -36,6 +36,7 @@ import torch
 from serving.model_server.scoring import history_weights
 from serving.model_server.tokenize import load_tokenizer
 from serving.offline.baselines import zero_shot_mean
+from serving.offline.curves import plot_by_step
 from serving.offline.data import (
     Sequences,
     item_texts,
@@ -284,7 +285,13 @@ def save_finetuned(result: FinetuneResult, config: FinetuneConfig, out_dir: Path
         "curve": result.curve,
     }
     (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
-    plot_curve(result.curve, config.method, out_dir / "curve.png")
+    plot_by_step(
+        result.curve,
+        {"valid_ndcg@10": "all validation", "new_items_valid_ndcg@10": "new items"},
+        "zero-shot NDCG@10 (validation)",
+        f"item encoder fine-tuning ({config.method})",
+        out_dir / "curve.png",
+    )
     return out_dir
 
 
@@ -296,25 +303,6 @@ def portable_adapter(adapter_dir: Path) -> None:
     config["base_model_name_or_path"] = BASE_MODEL_NAME
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (adapter_dir / "README.md").unlink(missing_ok=True)
-
-
-def plot_curve(curve: list[dict], method: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [p["step"] for p in curve]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(steps, [p["valid_ndcg@10"] for p in curve], marker="o", label="all validation")
-    axis.plot(steps, [p["new_items_valid_ndcg@10"] for p in curve], marker="s", label="new items")
-    axis.set_xlabel("step")
-    axis.set_ylabel("zero-shot NDCG@10 (validation)")
-    axis.set_title(f"item encoder fine-tuning ({method})")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def finetune_command(args) -> None:

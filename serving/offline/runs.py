@@ -519,6 +519,7 @@ def evaluate_command(args) -> None:
 
 if __name__ == "__main__":
     from serving.offline.commands import parser
+    from serving.offline.distill_encoder import distill_command
     from serving.offline.finetune_encoder import finetune_command
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -528,5 +529,6 @@ if __name__ == "__main__":
         "evaluate": evaluate_command,
         "sasrec": sasrec_command,
         "finetune": finetune_command,
+        "distill": distill_command,
     }
     commands[arguments.command](arguments)

@@ -34,7 +34,7 @@ def main() -> None:
     if args.export:
         raise SystemExit("a recipe run never exports; use streamrec train --export")
     torch.set_num_threads(1)
-    prepared = prepare(args.vectors)
+    prepared = prepare(args.vectors, args.encoder_version)
     head = head_config_of(args, prepared.sequences.n_items)
     result, metrics = run_head(prepared, head, train_config_of(args), args.protocol, progress=True)
     best = max(result.curve, key=lambda point: point["valid_ndcg@10"])

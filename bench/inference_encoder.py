@@ -96,7 +96,7 @@ def build_variants(onnx_path: Path, work_dir: Path) -> dict[str, Path]:
     paths = {"ort bert-fused": fused}
     for name, source in (("ort int8", onnx_path), ("ort bert-fused int8", fused)):
         target = work_dir / f"model.{name.split(' ', 1)[1].replace(' ', '-')}.onnx"
-        paths[name] = quantize_int8(source, target)  # as item_embedder version 3 is made
+        paths[name] = quantize_int8(source, target)  # as streamrec export --int8 makes it
     return paths
 
 

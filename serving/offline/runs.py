@@ -292,7 +292,7 @@ def export_run(
     from serving.model_server.scoring import left_pad
     from serving.offline.export_head import export_head
 
-    prepared = prepared or prepare()
+    prepared = prepared or prepare(None, encoder_version)
     model, checkpoint = load_run(run_dir, prepared.text_vectors)
     valid = next_item_task(prepared.split, "valid")
     rows, types = left_pad(valid.histories[:200], valid.purchased[:200], model.config.max_len)

@@ -140,6 +140,10 @@ def run_cycle(
         )
         return report
 
+    if live.encoder_version not in catalog.vectors_of:
+        # An operator promoted a version on another encoder while the catalog was read.
+        report.reason = f"live version {live.number} changed encoder meanwhile: next cycle"
+        return report
     checkpoint = torch.load(live.path / CHECKPOINT, weights_only=True) if live.is_head else None
     # A new encoder moves every text vector: nothing the live head learned carries over.
     new_encoder = catalog.encoder != live.encoder_version

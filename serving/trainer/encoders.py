@@ -30,8 +30,9 @@ from pathlib import Path
 
 import redis
 
+from serving.trainer.online_gate import CandidateSlot
 from serving.trainer.triton_control import load_latest
-from serving.trainer.versions import ModelRepository
+from serving.trainer.versions import ModelRepository, Version
 from stream_app.core.catalog_log import REENCODE_LUA, parse_encoders, reencode_args
 from stream_app.core.keys import CatalogKeys
 from stream_app.core.settings import Settings
@@ -65,6 +66,11 @@ def roll_out(settings: Settings, client: redis.Redis, version: int) -> RollRepor
         )
     started = time.monotonic()
     current = parse_encoders(client.smembers(keys.encoders))
+    if version in current and client.hlen(keys.vectors_of(version)) == client.hlen(keys.meta):
+        # Already there (rolling back to the old encoder, say): its vectors may be ranked
+        # with right now, so nothing is encoded again; training is pointed at it.
+        client.set(keys.encoder, version)
+        return RollReport(version, current, seconds=time.monotonic() - started)
     # item_embedder's version policy is "all": loading it again adds the new directory.
     load_latest(triton.url, triton.embedder_model, version)
     # An absent set means {1}: write it whole, so version 1 stays in it.
@@ -120,19 +126,30 @@ def _text(meta: bytes) -> str:
     return json.loads(meta)["text"]
 
 
+def served_versions(settings: Settings) -> list[Version]:
+    """Every recommender version in the repository, and the candidate on trial if any."""
+    repository = ModelRepository.of(settings.triton)
+    candidate = CandidateSlot(repository, settings.triton.candidate_model).current()
+    return repository.versions() + ([candidate] if candidate else [])
+
+
+def training_encoder(client: redis.Redis, keys: CatalogKeys, settings: Settings) -> int:
+    """The encoder new heads train on: ``{catalog}:encoder``, else the live version's (as
+    the trainer reads it)."""
+    repository = ModelRepository.of(settings.triton)
+    live = repository.live().encoder_version if repository.versions() else 1
+    return int(client.get(keys.encoder) or live)
+
+
 def retire(settings: Settings, client: redis.Redis, version: int) -> int:
     """Take ``version`` out of the encoder set and delete its vectors; returns how many
-    vectors went. Refused while a recommender version ranks with it, or it is the one new
-    heads train on."""
+    vectors went. Refused while a recommender version (or the candidate on trial) ranks
+    with it, or it is the one new heads train on."""
     keys = CatalogKeys(settings.redis.key_prefix)
-    in_use = sorted(
-        v.number
-        for v in ModelRepository.of(settings.triton).versions()
-        if v.encoder_version == version
-    )
+    in_use = sorted(v.number for v in served_versions(settings) if v.encoder_version == version)
     if in_use:
         raise ValueError(f"recommender versions {in_use} rank with encoder {version}")
-    if int(client.get(keys.encoder) or 1) == version:
+    if training_encoder(client, keys, settings) == version:
         raise ValueError(f"encoder {version} is the one new heads train on")
     current = parse_encoders(client.smembers(keys.encoders))
     if version not in current or current == [version]:

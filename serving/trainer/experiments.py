@@ -36,7 +36,7 @@ def read_arms(client: redis.Redis, settings: Settings) -> tuple[list[ArmCounts],
     pipe.hgetall(keys.counts)
     for arm in experiment.arms:
         pipe.pfcount(keys.items(arm.name))
-    pipe.hlen(CatalogKeys(settings.redis.key_prefix).vectors)
+    pipe.hlen(CatalogKeys(settings.redis.key_prefix).meta)
     counts, *distinct, catalog_size = pipe.execute()
     by_arm: dict[str, dict[str, float]] = {a.name: {} for a in experiment.arms}
     for field, value in counts.items():

@@ -70,7 +70,8 @@ return seq
 # KEYS: meta, one encoder version's vectors. ARGV: per item (item_id, the meta JSON its
 # vector was made from, vector bytes). Writes a vector only where the item still has that
 # meta, so a re-encode never overwrites what a concurrent upsert wrote (it wrote every
-# version). Nothing goes to the log: no recommender ranks with a version being filled.
+# version). Nothing goes to the log: no recommender ranks with a version being filled
+# (``serving.trainer.encoders.roll_out`` fills only a version not yet complete).
 # Returns how many vectors were written.
 REENCODE_LUA = """
 local written = 0

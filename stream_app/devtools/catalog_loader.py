@@ -8,7 +8,7 @@ import sys
 import time
 
 from serving.offline.data import Movie
-from serving.trainer.versions import ModelRepository
+from serving.trainer.encoders import served_versions
 from stream_app.core.events import ItemUpsert
 from stream_app.core.settings import Settings
 from stream_app.devtools.redis_io import CatalogStore, redis_client
@@ -21,12 +21,13 @@ def load_catalog(settings: Settings, movies: list[Movie], force: bool = False) -
     """Embed and store ``movies`` unless the catalog already holds them; returns its size.
 
     A new catalog keeps vectors of every encoder a recommender version in the model
-    repository ranks with (each reads the one its head was trained on)."""
+    repository ranks with (each reads the one its head was trained on). A tool, not the
+    worker: an encoder roll-out that begins meanwhile makes it fail, not retry."""
     store = CatalogStore(redis_client(settings), settings.redis.key_prefix)
     if not force and store.size() >= len(movies):
         logger.info("catalog already loaded items=%d", store.size())
         return store.size()
-    versions = store.start_encoders(encoders_in_use(ModelRepository.of(settings.triton)))
+    versions = store.start_encoders(encoders_in_use(settings))
     items = [ItemUpsert(m.item_id, m.title, m.text, m.genres) for m in movies]
     started = time.monotonic()
     asyncio.run(_embed_and_store(settings, store, items, versions))
@@ -39,9 +40,9 @@ def load_catalog(settings: Settings, movies: list[Movie], force: bool = False) -
     return store.size()
 
 
-def encoders_in_use(repository: ModelRepository) -> list[int]:
-    """The item_embedder versions the repository's recommender versions rank with."""
-    return sorted({v.encoder_version for v in repository.versions()}) or [1]
+def encoders_in_use(settings: Settings) -> list[int]:
+    """The item_embedder versions the recommender's versions (and candidate) rank with."""
+    return sorted({v.encoder_version for v in served_versions(settings)}) or [1]
 
 
 async def _embed_and_store(

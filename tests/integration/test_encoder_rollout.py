@@ -55,4 +55,11 @@ def test_a_new_encoder_is_rolled_out_through_triton(
         retire(settings, redis_sync, 1)  # recommender version 1 (zero-shot) reads it
     with pytest.raises(ValueError, match="new heads train on"):
         retire(settings, redis_sync, 2)
+
+    # Abandoned: back to encoder 1, whose vectors are all there (nothing encoded again),
+    # after which encoder 2 can go.
+    back = roll_out(settings, redis_sync, 1)
+    assert (back.items, int(redis_sync.get(store.keys.encoder))) == (0, 1)
+    assert retire(settings, redis_sync, 2) == 40
+    assert store.encoders() == [1] and not redis_sync.exists(store.keys.vectors_of(2))
     redis_sync.delete(*redis_sync.keys(f"{prefix}*"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,9 +32,9 @@ from serving.model_server.tokenize import load_tokenizer
 from serving.offline.curves import plot_by_step
 from serving.offline.data import item_texts, load_movielens, user_sequences
 from serving.offline.encoder import ItemEncoder, bundled_model_dir
+from serving.offline.encoder_training import catalog_vectors, train_steps, warmup_then_decay
 from serving.offline.evaluate import held_out_items
 from serving.offline.export_encoder import copy_tokenizer, export_encoder, quantize_int8
-from serving.offline.finetune_encoder import catalog_vectors, warmup_then_decay
 from serving.offline.item_vectors import item_text_vectors
 
 
@@ -118,31 +117,24 @@ def distill(config: DistillConfig, progress: bool = True) -> DistillResult:
             print(json.dumps(point), flush=True)
         return point
 
-    curve = [validate(0, None)]
-    best = {"step": 0, "score": curve[0]["unseen_mean_cosine"], "state": _state(student)}
-    student.train()
-    train_seconds, losses = 0.0, []
-    for step in range(1, config.steps + 1):
-        started = time.monotonic()
+    def step_loss() -> torch.Tensor:
         rows = rng.choice(known, config.batch, replace=False)
         ids, mask = tokenizer.encode_batch([texts[r] for r in rows])
-        loss = cosine_loss(student(torch.from_numpy(ids), torch.from_numpy(mask)), targets[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        train_seconds += time.monotonic() - started
-        losses.append(loss.item())
-        if step % config.eval_every == 0 or step == config.steps:
-            point = validate(step, float(np.mean(losses)))
-            point["train_seconds"] = train_seconds
-            curve.append(point)
-            losses = []
-            if point["unseen_mean_cosine"] > best["score"]:
-                best = {"step": step, "score": point["unseen_mean_cosine"]}
-                best["state"] = _state(student)
-    student.load_state_dict(best["state"])
-    return DistillResult(student.eval(), texts, curve, best["step"], train_seconds)
+        return cosine_loss(student(torch.from_numpy(ids), torch.from_numpy(mask)), targets[rows])
+
+    student.train()
+    steps = train_steps(
+        config.steps,
+        config.eval_every,
+        step_loss,
+        optimizer,
+        schedule,
+        validate,
+        "unseen_mean_cosine",
+        lambda: _state(student),
+    )
+    student.load_state_dict(steps.best_state)
+    return DistillResult(student.eval(), texts, steps.curve, steps.best_step, steps.train_seconds)
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from serving.offline.data import (
     without_items,
 )
 from serving.offline.encoder import ItemEncoder, bundled_model_dir
+from serving.offline.encoder_training import catalog_vectors, train_steps, warmup_then_decay
 from serving.offline.evaluate import cold_start_task, evaluate, held_out_items, next_item_task
 from serving.offline.export_encoder import copy_tokenizer, export_encoder
 from serving.offline.item_vectors import item_text_vectors
@@ -57,7 +57,6 @@ DEFAULT_LR = {"full": 3e-5, "lora": 5e-4}
 """Common starting points (sentence-transformers' fine-tuning; LoRA's paper for BERT-size
 models): LoRA trains far fewer weights, from zero, so it takes a larger step."""
 LORA_TARGETS = ("query", "value")
-ENCODE_BATCH = 64
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 """What a saved adapter names as its base: the bundled copy of that model."""
 
@@ -157,19 +156,6 @@ def trainable_encoder(config: FinetuneConfig) -> ItemEncoder:
     return encoder
 
 
-def catalog_vectors(encoder: ItemEncoder, tokenizer, texts: list[str]) -> np.ndarray:
-    """Every catalog text's vector, padding row 0 first (zeros), in eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    chunks = [np.zeros((1, encoder.bert.config.hidden_size), np.float32)]
-    with torch.no_grad():
-        for start in range(0, len(texts), ENCODE_BATCH):
-            ids, mask = tokenizer.encode_batch(texts[start : start + ENCODE_BATCH])
-            chunks.append(encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
-    encoder.train(was_training)
-    return np.concatenate(chunks)
-
-
 @dataclass
 class FinetuneResult:
     encoder: ItemEncoder
@@ -210,49 +196,31 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
             print(json.dumps(point), flush=True)
         return point
 
-    curve = [validate(0, None)]  # no loss before the first step
-    best = {"step": 0, "score": curve[0]["valid_ndcg@10"], "state": _trainable_state(encoder)}
-    encoder.train()
-    train_seconds, losses = 0.0, []
-    for step in range(1, config.steps + 1):
-        started = time.monotonic()
+    def step_loss() -> torch.Tensor:
         chosen = rng.choice(len(pairs.targets), config.pairs_per_step, replace=False)
         history, bought = pairs.history[chosen], pairs.purchased[chosen]
         targets = pairs.targets[chosen]
         rows = np.unique(np.concatenate([history[history >= 0], targets]))
         ids, mask = tokenizer.encode_batch([texts[r - 1] for r in rows])
         vectors = encoder(torch.from_numpy(ids), torch.from_numpy(mask))
-        loss = in_batch_loss(vectors, rows, history, bought, targets, config.temperature)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        train_seconds += time.monotonic() - started
-        losses.append(loss.item())
-        if step % config.eval_every == 0 or step == config.steps:
-            point = validate(step, float(np.mean(losses)))
-            point["train_seconds"] = train_seconds
-            curve.append(point)
-            losses = []
-            if point["valid_ndcg@10"] > best["score"]:
-                best = {"step": step, "score": point["valid_ndcg@10"]}
-                best["state"] = _trainable_state(encoder)
-    encoder.load_state_dict(best["state"], strict=False)
-    return FinetuneResult(
-        encoder.eval(), texts, curve, best["step"], sum(p.numel() for p in trainable), train_seconds
+        return in_batch_loss(vectors, rows, history, bought, targets, config.temperature)
+
+    encoder.train()
+    steps = train_steps(
+        config.steps,
+        config.eval_every,
+        step_loss,
+        optimizer,
+        schedule,
+        validate,
+        "valid_ndcg@10",
+        lambda: _trainable_state(encoder),
     )
-
-
-def warmup_then_decay(steps: int):
-    """BERT's schedule: linear warm-up over the first tenth, then linear decay to zero."""
-    warmup = max(1, steps // 10)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (steps - step) / max(1, steps - warmup))
-
-    return factor
+    encoder.load_state_dict(steps.best_state, strict=False)
+    parameters = sum(p.numel() for p in trainable)
+    return FinetuneResult(
+        encoder.eval(), texts, steps.curve, steps.best_step, parameters, steps.train_seconds
+    )
 
 
 def _trainable_state(encoder: ItemEncoder) -> dict[str, torch.Tensor]:

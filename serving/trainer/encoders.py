@@ -21,7 +21,6 @@ ranks with out of the set and deletes its vectors.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -33,7 +32,7 @@ import redis
 from serving.trainer.online_gate import CandidateSlot
 from serving.trainer.triton_control import load_latest
 from serving.trainer.versions import ModelRepository, Version
-from stream_app.core.catalog_log import REENCODE_LUA, parse_encoders, reencode_args
+from stream_app.core.catalog_log import REENCODE_LUA, meta_fields, parse_encoders, reencode_args
 from stream_app.core.keys import CatalogKeys
 from stream_app.core.settings import Settings
 from stream_app.worker.triton_client import EMBED_BATCH, TritonRecommender
@@ -103,7 +102,7 @@ async def _fill(
             if page:
                 item_ids = [i.decode() for i in page]
                 metas = list(page.values())
-                texts = [_text(m) for m in metas]
+                texts = [t or "" for t in meta_fields(metas, "text")]
                 vectors = await triton.embed(texts, version)
                 written = int(
                     write(
@@ -120,10 +119,6 @@ async def _fill(
         sys.stderr.write("\n")
     finally:
         await triton.close()
-
-
-def _text(meta: bytes) -> str:
-    return json.loads(meta)["text"]
 
 
 def served_versions(settings: Settings) -> list[Version]:

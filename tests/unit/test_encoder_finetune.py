@@ -8,13 +8,13 @@ from serving.model_server.scoring import history_weights
 from serving.model_server.tokenize import load_tokenizer
 from serving.offline.data import Sequences
 from serving.offline.encoder import bundled_model_dir
+from serving.offline.encoder_training import warmup_then_decay
 from serving.offline.finetune_encoder import (
     DEFAULT_LR,
     FinetuneConfig,
     in_batch_loss,
     trainable_encoder,
     training_pairs,
-    warmup_then_decay,
 )
 
 

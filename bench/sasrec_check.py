@@ -68,7 +68,10 @@ def main() -> None:
     for name, runs in (("this project's SASRec", ours), (reference[0]["model"], reference)):
         test = [r["test"] for r in runs]
         epochs = [r.get("best_epoch") or r["test"].get("best_epoch") for r in runs]
-        seconds = [r.get("train_seconds") or r["test"].get("train_seconds") for r in runs]
+        # The reference counts only its last process's training (a resumed run: less).
+        seconds = [
+            r.get("train_seconds_this_process") or r["test"].get("train_seconds") for r in runs
+        ]
         rows.append(
             f"| {name} | {len(runs)} | {np.mean([t['recall@10'] for t in test]):.4f}"
             f" | {np.mean([t['ndcg@10'] for t in test]):.4f}"

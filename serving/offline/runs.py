@@ -260,7 +260,7 @@ def full_evaluation(
                 len(curve),
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "offline_eval.json").write_text(
+    (out_dir / "variant_grid.json").write_text(
         json.dumps({"results": results, "variants": variants, "curves": curves}, indent=1)
     )
     return results
@@ -324,7 +324,7 @@ COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10")
 def write_report(
     results: dict, variants: dict, tuned: dict | None, out_dir: Path, command: str
 ) -> str:
-    """offline_eval.md: the tables, how they were made, and on what machine."""
+    """variant_grid.md: the tables, how they were made, and on what machine."""
     import datetime
     import os
     import platform
@@ -384,7 +384,7 @@ def write_report(
             "```",
         ]
     text = "\n".join(line for line in lines if line is not None) + "\n"
-    (out_dir / "offline_eval.md").write_text(text)
+    (out_dir / "variant_grid.md").write_text(text)
     _plot_validation_curves(out_dir)
     return text
 
@@ -395,7 +395,7 @@ def _plot_validation_curves(out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = json.loads((out_dir / "offline_eval.json").read_text())["curves"]
+    curves = json.loads((out_dir / "variant_grid.json").read_text())["curves"]
     fig, axis = plt.subplots(figsize=(7, 4))
     for key, curve in curves.items():
         protocol, name, seed = key.split("/")

@@ -12,7 +12,7 @@ HEAD := model_repository/recommender/2/head.json
 TRAIN_HEAD := $(BIN)/streamrec train --epochs 60 --export
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up bench bench-online bench-read-api bench-inference test test-reliability test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up bench bench-online bench-read-api bench-inference test test-reliability test-cluster test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -81,6 +81,10 @@ test: setup chart-tools ## unit, integration and the fast reliability tests on r
 test-reliability: setup ## every reliability scenario (kills, outages; ~5 min), then its table
 	rm -f var/reliability/results.jsonl
 	$(BIN)/python -m pytest tests/reliability
+	$(BIN)/python -m tests.reliability.report
+
+test-cluster: setup chart-tools ## the integration and fast reliability tests again on a local Redis Cluster (3 masters, 3 replicas), with a worker and a master killed (~12 min); adds its rows to the reliability table
+	STREAMREC_TEST_REDIS_CLUSTER=1 $(BIN)/python -m pytest tests/integration tests/reliability -m "not slow or cluster"
 	$(BIN)/python -m tests.reliability.report
 
 test-unit: $(BIN)/.installed chart-tools ## unit tests only (no servers)

@@ -134,7 +134,11 @@ def render(rows: dict[str, dict], versus: dict[str, dict]) -> str:
         recall = [r["recall@10"] for r in row["standard"]]
         cold = _cell(row["cold"]) + (f" ({row['cold_note']})" if "cold_note" in row else "")
         lines.append(f"| {name} | {len(ndcg)} | {_cell(ndcg)} | {_cell(recall)} | {cold} |")
-    lines += ["", "NDCG@10 paired over users (each user's mean over seeds; bootstrap 95% interval):", ""]
+    lines += [
+        "",
+        "NDCG@10 paired over users (each user's mean over seeds; bootstrap 95% interval):",
+        "",
+    ]
     for name, v in versus.items():
         lines.append(
             f"- {name}: {v['difference']:+.4f} ({v['relative']:+.1%}), interval"

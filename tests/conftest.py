@@ -2,7 +2,9 @@
 and Triton, started by the same launcher as the demo (helpers: ``tests/support.py``).
 
 Servers are started on free ports (Redis: the one on 6379 is reused when it answers), so
-the tests never touch a stack a developer has running. Every test names its own topics,
+the tests never touch a stack a developer has running. With ``STREAMREC_TEST_REDIS_CLUSTER=1``
+(``make test-cluster``) the session's Redis is a local Redis Cluster of 3 masters and 3
+replicas instead, which every client of the session then uses. Every test names its own topics,
 users and key prefix; when a server cannot start the launcher raises with its log and the
 test fails — it never skips.
 """
@@ -20,9 +22,9 @@ import redis
 from serving.offline.data import load_movielens
 from stream_app.core.settings import Settings
 from stream_app.devtools.catalog_loader import load_catalog
-from stream_app.devtools.devstack import DevStack, free_port
+from stream_app.devtools.devstack import DevStack, free_port, free_redis_cluster_port
 from stream_app.devtools.redis_io import redis_client
-from tests.support import VAR
+from tests.support import REDIS_CLUSTER, VAR
 
 
 def zero_shot_repository() -> Path:
@@ -40,9 +42,14 @@ def zero_shot_repository() -> Path:
 @pytest.fixture(scope="session")
 def stack_settings() -> Settings:
     grpc_port = free_port()
+    redis_settings: dict = {"key_prefix": f"streamrec-test-{uuid.uuid4().hex[:8]}:"}
+    if REDIS_CLUSTER:
+        # Each history write waits for its replica, as a deployment on a cluster should.
+        port = free_redis_cluster_port()
+        redis_settings |= {"url": f"redis://127.0.0.1:{port}", "cluster": True, "replica_acks": 1}
     return Settings(
         kafka={"bootstrap": f"127.0.0.1:{free_port()}", "partitions": 2},
-        redis={"key_prefix": f"streamrec-test-{uuid.uuid4().hex[:8]}:"},
+        redis=redis_settings,
         triton={
             "url": f"127.0.0.1:{grpc_port}",
             "grpc_port": grpc_port,
@@ -57,7 +64,7 @@ def stack_settings() -> Settings:
 def stack(stack_settings: Settings) -> Iterator[DevStack]:
     with DevStack(stack_settings, workdir=VAR / "stack") as running:
         yield running
-    _delete_prefix(redis_client(stack_settings), stack_settings.redis.key_prefix)
+        _delete_prefix(redis_client(stack_settings), stack_settings.redis.key_prefix)
 
 
 @pytest.fixture(scope="session")

@@ -103,12 +103,10 @@ def model_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def encoder_command(settings: Settings, args: argparse.Namespace) -> None:
-    import redis
-
+    from serving.model_server.redis_connection import connect_redis
     from serving.trainer.encoders import retire, roll_out
-    from stream_app.core.client_options import redis_options
 
-    client = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+    client = connect_redis(settings.redis)
     if args.action == "retire":
         deleted = retire(settings, client, args.version)
         print(f"encoder {args.version} retired: {deleted} vectors deleted")
@@ -123,17 +121,15 @@ def encoder_command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def experiment_command(settings: Settings, args: argparse.Namespace) -> None:
+    from serving.model_server.redis_connection import connect_redis
     from serving.trainer.experiments import apply_experiment, read_arms
-    from stream_app.core.client_options import redis_options
     from stream_app.core.experiment_report import arm_summary, compare, render
 
     if args.action == "apply":
         versions, seconds = apply_experiment(settings)
         print(f"Triton serves recommender versions {versions} (loaded in {seconds:.1f} s)")
         return
-    import redis
-
-    client = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+    client = connect_redis(settings.redis)
     arms, catalog_size = read_arms(client, settings)
     if not args.json:
         print(render(settings.experiment.name, arms, catalog_size, args.alpha))

@@ -35,7 +35,7 @@ def read_arms(client: redis.Redis, settings: Settings) -> tuple[list[ArmCounts],
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.counts)
     for arm in experiment.arms:
-        pipe.pfcount(keys.items(arm.name))
+        pipe.execute_command("PFCOUNT", keys.items(arm.name))  # cluster pipelines refuse pfcount()
     pipe.hlen(CatalogKeys(settings.redis.key_prefix).meta)
     counts, *distinct, catalog_size = pipe.execute()
     by_arm: dict[str, dict[str, float]] = {a.name: {} for a in experiment.arms}

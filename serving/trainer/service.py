@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import redis
 from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 from prometheus_client import start_http_server
 
+from serving.model_server.redis_connection import connect_redis
 from serving.trainer import metrics
 from serving.trainer.catalog import read_catalog
 from serving.trainer.cycle import Corrupt, CycleReport, prune, publish_and_load, run_cycle
@@ -32,7 +32,6 @@ from serving.trainer.sources import (
 )
 from serving.trainer.triton_control import load_served
 from serving.trainer.versions import ModelRepository, Version
-from stream_app.core.client_options import redis_options
 from stream_app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class Trainer:
         self.repository = ModelRepository.of(settings.triton)
         self.file, self.start = file, start or StartAt()
         self.progress, self.corrupt = progress, corrupt
-        self._redis = redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+        self._redis = connect_redis(settings.redis)
         self.online_gate = OnlineGate.of(settings, self.repository, self._redis)
 
     def events(self) -> Iterable[SourcedEvent]:

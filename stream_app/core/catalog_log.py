@@ -169,8 +169,12 @@ class CatalogChange:
     ts: float  # when the change entered Kafka (epoch seconds)
 
     @classmethod
-    def from_entry(cls, fields: Mapping[bytes, bytes]) -> CatalogChange:
-        """An entry as redis-py returns it from XREAD (field names and values as bytes)."""
+    def from_entry(cls, fields: Mapping[bytes, bytes] | Sequence[bytes]) -> CatalogChange:
+        """An entry as redis-py returns it from XREAD: field names and values as bytes, in
+        a mapping, or flat (name, value, ...) from a Redis Cluster transaction, whose
+        XRANGE replies redis-py 8.1 leaves unparsed."""
+        if not isinstance(fields, Mapping):
+            fields = dict(zip(fields[::2], fields[1::2]))
         return cls(
             fields[b"op"].decode(),
             fields[b"item"].decode(),

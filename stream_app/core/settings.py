@@ -121,6 +121,10 @@ class KafkaSettings(_Group):
 class RedisSettings(_Group):
     url: str = "redis://127.0.0.1:6379/0"
     """Redis URL; the launcher starts a local redis-server when none answers here."""
+    cluster: bool = False
+    """The URL names one node of a Redis Cluster: clients find the others and route each
+    key by its hash slot. The launcher starts a local cluster (3 masters, 3 replicas) on
+    the URL's port and the five after it when none answers."""
     key_prefix: str = "streamrec:"
     """Prefix of every key StreamRec writes, so deployments and tests can share a server."""
     history_length: int = Field(50, ge=1, le=1000)
@@ -139,6 +143,10 @@ class RedisSettings(_Group):
     """CA bundle for a TLS Redis (a rediss:// URL); system CAs if unset."""
     timeout_s: float = Field(2.0, gt=0)
     """Socket timeout for one Redis call."""
+    replica_acks: int = Field(0, ge=0)
+    """Replicas that must hold a batch's history writes before the worker moves on (Redis
+    WAIT, up to half the timeout; fewer is a failed write, retried). 1 on a Redis Cluster
+    or a replicated Redis keeps a failover from losing events already acknowledged."""
 
     @model_validator(mode="before")
     @classmethod

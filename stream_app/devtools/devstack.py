@@ -21,6 +21,7 @@ import http.client
 import importlib.util
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -42,6 +43,7 @@ from confluent_kafka.admin import AdminClient
 from stream_app.core.client_options import redis_options
 from stream_app.core.errors import ConfigError, StackError
 from stream_app.core.settings import Settings, load_settings
+from stream_app.devtools import redis_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def free_redis_cluster_port() -> int:
+    """A port for a local Redis Cluster's first node (for tests): it and the next five are
+    free, and so are their cluster bus ports, 10,000 above (so at most 55535)."""
+    rng = random.Random()
+    while True:
+        first = rng.randrange(20_000, 55_535 - redis_cluster.NODES)
+        ports = redis_cluster.node_ports(first)
+        if not any(port_open(LOOPBACK, p) or port_open(LOOPBACK, p + 10_000) for p in ports):
+            return first
 
 
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -257,6 +270,7 @@ class _Server:
         probe: Callable[[], bool],
         command: Callable[[], tuple[list[str], dict[str, str] | None]],
         started_probe: Callable[[], bool] | None = None,
+        launch: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.label = label  # "a Kafka broker", for messages
@@ -266,6 +280,7 @@ class _Server:
         self.probe = probe  # does a usable server answer at the configured address?
         self.command = command  # argv and env of a local one (looks up binaries lazily)
         self.started_probe = started_probe or probe  # readiness of the one we start
+        self.launch = launch  # starts several processes instead of ``command``'s one
 
 
 class DevStack:
@@ -353,18 +368,29 @@ class DevStack:
                     f"port {port} is taken by another process that is not {server.label}; "
                     f"stop it or configure another port for {server.name}"
                 )
-        argv, env = server.command()
-        process = ManagedProcess(
-            server.name, argv, self.log_path(server.name), server.started_probe, env
-        )
-        self._processes[server.name] = process  # before waiting, so stop() cleans up
+        if server.launch is not None:
+            server.launch()
+        else:
+            argv, env = server.command()
+            self._start_process(server.name, argv, env, server.started_probe)
+        self.started.append(server.name)
+
+    def _start_process(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None,
+        probe: Callable[[], bool],
+    ) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.log_path(name), probe, env)
+        self._processes[name] = process  # before waiting, so stop() cleans up
         process.start()
         took = process.wait_ready(self.readiness_timeout_s)
-        self.started.append(server.name)
         logger.info(
-            'server started name="%s" address="%s" pid=%d ready_s=%.1f log="%s"',
-            server.name, server.address, process.pid, took, process.log_path,
+            'server started name="%s" pid=%d ready_s=%.1f log="%s"',
+            name, process.pid, took, process.log_path,
         )  # fmt: skip
+        return process
 
     def _kafka(self) -> _Server:
         bootstrap = self.settings.kafka.bootstrap
@@ -422,15 +448,54 @@ class DevStack:
                 argv += ["--requirepass", password]
             return argv, None
 
+        options = redis_options(self.settings.redis, _PROBE_TIMEOUT_S)
+        if self.settings.redis.cluster:
+            ports = redis_cluster.node_ports(port)
+            return _Server(
+                "redis",
+                "a Redis Cluster node",
+                shown,
+                host,
+                ports,
+                lambda: redis_cluster.cluster_answers(url, options, _PROBE_TIMEOUT_S),
+                command,
+                launch=lambda: self._launch_redis_cluster(ports, password),
+            )
         return _Server(
             "redis",
             "a Redis server",
             shown,
             host,
             [port],
-            lambda: _redis_ready(url, redis_options(self.settings.redis, _PROBE_TIMEOUT_S)),
+            lambda: _redis_ready(url, options),
             command,
         )
+
+    def _launch_redis_cluster(self, ports: list[int], password: str | None) -> None:
+        """Six nodes, ``redis-<port>`` each, joined into 3 masters and 3 replicas."""
+        directory = self.workdir / "redis-cluster"
+        redis_cluster.fresh_node_directories(directory, ports)
+        for port in ports:
+            self._start_process(
+                f"redis-{port}",
+                redis_cluster.node_command(port, directory, password),
+                None,
+                lambda port=port: redis_cluster.node_ready(port, password, _PROBE_TIMEOUT_S),
+            )
+        started = time.monotonic()
+        redis_cluster.create(ports, password)
+        deadline = started + self.readiness_timeout_s
+        while not redis_cluster.joined(ports, password, _PROBE_TIMEOUT_S):
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"the local Redis Cluster on ports {ports[0]}-{ports[-1]} did not join"
+                    f" within {self.readiness_timeout_s:.0f} s; logs: {self.workdir}/redis-*.log"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+        logger.info(
+            'redis cluster started ports="%d-%d" join_s=%.1f',
+            ports[0], ports[-1], time.monotonic() - started,
+        )  # fmt: skip
 
     def _triton(self) -> _Server:
         triton = self.settings.triton

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import redis
 
+from serving.model_server.redis_connection import connect_redis
 from stream_app.core.catalog_log import (
     WRITE_LUA,
     change_args,
@@ -18,15 +19,15 @@ from stream_app.core.catalog_log import (
     meta_fields,
     parse_encoders,
 )
-from stream_app.core.client_options import redis_options
 from stream_app.core.events import ItemUpsert
 from stream_app.core.keys import CatalogKeys
 from stream_app.core.settings import Settings
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A synchronous client for the configured Redis, with the settings' credentials."""
-    return redis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+    """A synchronous client for the configured Redis (or Redis Cluster), with the settings'
+    credentials."""
+    return connect_redis(settings.redis)
 
 
 class CatalogStore:

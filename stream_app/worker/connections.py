@@ -29,8 +29,13 @@ def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | N
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    """The worker's asyncio client for the configured Redis, shared by its adapters."""
-    return aioredis.Redis.from_url(settings.redis.url, **redis_options(settings.redis))
+    """The worker's asyncio client for the configured Redis or Redis Cluster, shared by its
+    adapters (typed as a plain client: the cluster one has the same commands, pipelines
+    and scripts, each script and transaction within one hash slot)."""
+    options = redis_options(settings.redis)
+    if settings.redis.cluster:
+        return aioredis.RedisCluster.from_url(settings.redis.url, **options)  # type: ignore[return-value]
+    return aioredis.Redis.from_url(settings.redis.url, **options)
 
 
 async def check_kafka_login(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:

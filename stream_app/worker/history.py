@@ -2,7 +2,8 @@
 recommendations (keys: ``core.keys.UserKeys``, all four expiring after the same idle TTL).
 
 A batch is one pipeline holding one script call per user: one network round trip, which
-also returns what the policy and the hit-rate metric need (purchases, the last list).
+also returns what the policy and the hit-rate metric need (purchases, the last list);
+with ``replica_acks`` it waits until that many replicas hold the writes (``lua``).
 History members are "arrival\\tevent_id\\titem_id\\ttype" scored by the event time, with
 arrival the event's Kafka offset zero-padded to 19 digits: Redis orders equal scores by
 member, so events with the same time keep the order they were produced in. Event ids are
@@ -16,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import Interaction
 from stream_app.core.keys import UserKeys
+from stream_app.worker.lua import LuaScript, ScriptPipeline
 from stream_app.worker.metrics import track_redis
 from stream_app.worker.ports import History, HistoryEntry, UserUpdate
 
@@ -77,6 +79,8 @@ end
 return history
 """
 
+APPEND, FORGET = LuaScript(APPEND_LUA), LuaScript(FORGET_LUA)
+
 
 class RedisHistory(History):
     def __init__(
@@ -87,12 +91,13 @@ class RedisHistory(History):
         dedup_window: int,
         user_ttl_s: int,
         purchased_max: int = 1000,
+        replica_acks: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._limits = (history_length, dedup_window, user_ttl_s, purchased_max)
-        self._sha: str | None = None
-        self._forget = client.register_script(FORGET_LUA)
+        self._durability = (replica_acks, replica_timeout_ms)
 
     def keys(self, user_id: str) -> UserKeys:
         return UserKeys.of(self._prefix, user_id)
@@ -117,35 +122,22 @@ class RedisHistory(History):
         return updates
 
     async def _run_scripts(self, by_user: dict[str, list[Interaction]]) -> list:
-        if self._sha is None:
-            self._sha = await self._redis.script_load(APPEND_LUA)
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id, user_events in by_user.items():
-                args: list[str | int | float] = list(self._limits)
-                for e in user_events:
-                    args += [e.event_id, e.item_id, e.type, repr(e.ts), f"{e.arrival:019d}"]
-                keys = self.keys(user_id).all()
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            try:
-                return await pipe.execute()
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                # Redis restarted and lost its script cache: load again, retry once.
-                self._sha = await self._redis.script_load(APPEND_LUA)
-        raise AssertionError("unreachable")
+        batch = ScriptPipeline(self._redis, *self._durability)
+        for user_id, user_events in by_user.items():
+            args: list[str | int | float] = list(self._limits)
+            for e in user_events:
+                args += [e.event_id, e.item_id, e.type, repr(e.ts), f"{e.arrival:019d}"]
+            batch.call(APPEND, self.keys(user_id).all(), args)
+        return await batch.execute()
 
     async def forget(self, users: Mapping[str, float], guard_s: int) -> list[HistoryEntry]:
         """Erase each user (pseudonym -> the erasure's ts); the history entries deleted."""
         with track_redis("forget"):
             try:
-                pipe = self._redis.pipeline(transaction=False)
+                batch = ScriptPipeline(self._redis, *self._durability)
                 for user_id, ts in users.items():
-                    await self._forget(
-                        keys=self.keys(user_id).all(), args=[repr(ts), guard_s], client=pipe
-                    )
-                replies = await pipe.execute()
+                    batch.call(FORGET, self.keys(user_id).all(), [repr(ts), guard_s])
+                replies = await batch.execute()
             except RedisError as exc:
                 raise RedisUnavailable(f"erasure failed: {type(exc).__name__}") from exc
         return [entry for flat in replies for entry in _entries(flat)]

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import Interaction
 from stream_app.core.keys import CatalogKeys, PopularityKeys
+from stream_app.worker.lua import LuaScript, ScriptPipeline
 from stream_app.worker.metrics import track_redis
 from stream_app.worker.ports import HistoryEntry, Popularity
 
@@ -71,6 +72,7 @@ return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', 0)
 """
 
 COVERAGE_BUCKETS = 12
+TRENDING = LuaScript(TRENDING_LUA)
 
 
 class RedisPopularity(Popularity):
@@ -92,26 +94,24 @@ class RedisPopularity(Popularity):
         self._refresh_s = refresh_s
         self._bucket_s = coverage_window_s / COVERAGE_BUCKETS
         self._clock = clock
-        self._script = client.register_script(TRENDING_LUA)
-        self._unscript = client.register_script(UNTRENDING_LUA)
+        self._unscript = client.register_script(UNTRENDING_LUA)  # called alone, not piped
         self._cached: tuple[float, int, list[tuple[str, float]]] | None = None
 
     async def record(self, interactions: Sequence[Interaction], recommended: Sequence[str]) -> None:
         """Count first-time interactions in trending; note the items just recommended."""
-        pipe = self._redis.pipeline(transaction=False)
+        batch = ScriptPipeline(self._redis)
         if interactions:
             args: list = [self._half_life_s, self._max_items]
             for event in interactions:
                 args += [event.item_id, repr(event.ts)]
-            keys = [self.keys.trending, self.keys.reference]
-            await self._script(keys=keys, args=args, client=pipe)  # queued, not sent
+            batch.call(TRENDING, [self.keys.trending, self.keys.reference], args)
         if recommended:
             key = self.keys.coverage(int(self._clock() // self._bucket_s))
-            pipe.pfadd(key, *recommended)
-            pipe.expire(key, int(self._bucket_s * (COVERAGE_BUCKETS + 1)))
+            batch.pipe.pfadd(key, *recommended)
+            batch.pipe.expire(key, int(self._bucket_s * (COVERAGE_BUCKETS + 1)))
         with track_redis("record_popularity"):
             try:
-                await pipe.execute()
+                await batch.execute()
             except RedisError as exc:
                 raise RedisUnavailable(f"popularity update failed: {type(exc).__name__}") from exc
 
@@ -158,7 +158,8 @@ class RedisPopularity(Popularity):
         with track_redis("coverage"):
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.pfcount(*keys)
+                # One slot ({coverage}); redis-py's cluster pipelines refuse pfcount().
+                pipe.execute_command("PFCOUNT", *keys)
                 pipe.hlen(self._catalog.meta)
                 distinct, catalog_size = await pipe.execute()
             except RedisError as exc:

@@ -26,7 +26,15 @@ from confluent_kafka.admin import AdminClient
 
 from stream_app.core.errors import StackError
 from stream_app.core.settings import Settings
-from stream_app.devtools.devstack import DevStack, ManagedProcess, free_port, port_open
+from stream_app.devtools import redis_cluster
+from stream_app.devtools.devstack import (
+    DevStack,
+    ManagedProcess,
+    free_port,
+    free_redis_cluster_port,
+    port_open,
+)
+from stream_app.devtools.redis_io import redis_client
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -109,6 +117,39 @@ def test_reuses_a_running_redis_and_leaves_it_running(tmp_path: Path) -> None:
     client = redis.Redis.from_url(SHARED_REDIS)
     assert client.ping()
     client.close()
+
+
+def test_starts_a_local_redis_cluster_and_stops_every_node(tmp_path: Path) -> None:
+    first = free_redis_cluster_port()
+    settings = Settings(redis={"url": f"redis://127.0.0.1:{first}/0", "cluster": True})
+    ports = redis_cluster.node_ports(first)
+    with DevStack(settings, workdir=tmp_path, components=["redis"]) as stack:
+        assert stack.started == ["redis"]
+        processes = [stack.process(f"redis-{port}") for port in ports]
+        assert all(p is not None and p.is_alive() for p in processes)
+        client = redis_client(settings)  # the cluster client, found from the first node
+        masters = client.get_primaries()
+        assert len(masters) == 3 and {int(m.port) for m in masters} < set(ports)
+        # Every node knows all six, every slot is served, every replica is in sync.
+        assert redis_cluster.joined(ports, None, 1.0)
+        # A user's keys share a slot (one script touches them all); users spread out.
+        assert client.keyslot("p:{u1}:history") == client.keyslot("p:{u1}:dedup")
+        assert len({client.get_node_from_key(f"p:{{u{i}}}:h").name for i in range(30)}) == 3
+        client.set("p:{u1}:history", "x")
+        assert client.get("p:{u1}:history") == b"x"
+        client.close()
+
+        with DevStack(settings, workdir=tmp_path / "second", components=["redis"]) as again:
+            assert again.started == [] and again.reused == ["redis"]
+
+    assert not any(port_open("127.0.0.1", port) for port in ports)
+    assert all(_pid_gone(p.pid) for p in processes if p and p.pid)
+
+
+def test_a_single_redis_is_not_mistaken_for_a_cluster(tmp_path: Path) -> None:
+    settings = Settings(redis={"url": SHARED_REDIS, "cluster": True})
+    with pytest.raises(StackError, match="not a Redis Cluster node.*STREAMREC_REDIS__CLUSTER"):
+        DevStack(settings, workdir=tmp_path, components=["redis"]).start()
 
 
 @pytest.mark.parametrize("component", ["kafka", "redis", "triton"])

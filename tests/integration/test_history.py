@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 
 from stream_app.core.events import Interaction
 from stream_app.core.keys import CatalogKeys
+from stream_app.worker.connections import redis_client
 from stream_app.worker.history import RedisHistory
 from stream_app.worker.popularity import RedisPopularity
 from stream_app.worker.ports import HistoryEntry
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 def run(coro_factory, settings, **limits):
     async def main():
-        client = aioredis.Redis.from_url(settings.redis.url)
+        client = redis_client(settings)
         store = RedisHistory(
             client,
             settings.redis.key_prefix,
@@ -228,7 +228,7 @@ def test_forget_takes_the_users_events_out_of_trending(stack_settings, catalog):
 
 
 def popularity(settings, half_life_s: float = 100.0, max_items: int = 100) -> RedisPopularity:
-    client = aioredis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings)
     return RedisPopularity(
         client, unique("pop") + ":", half_life_s, max_items, 0.0, 3600
     )  # no reuse

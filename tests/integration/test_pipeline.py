@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 from confluent_kafka.admin import AdminClient
 
 from stream_app.core.events import ItemUpsert
@@ -30,6 +29,7 @@ from stream_app.devtools.probes import Triggers, metric_sum, scrape
 from stream_app.devtools.redis_io import CatalogStore
 from stream_app.devtools.replay import PlannedEvent, encode, plan_events, produce_raw, replay
 from stream_app.devtools.worker_process import WorkerProcess
+from stream_app.worker.connections import redis_client
 from stream_app.worker.history import RedisHistory
 from tests.support import VAR, isolated, unique, wait_until
 
@@ -130,7 +130,7 @@ def read_histories(settings: Settings, users) -> dict:
     pseudonym = Pseudonymiser(settings.privacy.user_id_key.get_secret_value())
 
     async def main():
-        client = aioredis.Redis.from_url(settings.redis.url)
+        client = redis_client(settings)
         store = RedisHistory(client, settings.redis.key_prefix, HISTORY_LENGTH, 1000, 3600)
         try:
             return {u: await store.history(pseudonym(u)) for u in users}

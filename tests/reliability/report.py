@@ -1,4 +1,5 @@
-"""Write the reliability table from what the last `make test-reliability` measured.
+"""Write the reliability table from what the last `make test-reliability` and `make
+test-cluster` measured.
 
 python -m tests.reliability.report   # var/reliability/results.jsonl -> the table
 """
@@ -23,7 +24,9 @@ def main() -> None:
         "# Reliability, as measured by the tests",
         "",
         "Made by `make test-reliability` (tests/reliability, real Tansu, Redis and",
-        "tritonserver, disturbed by the tests themselves) on "
+        "tritonserver, disturbed by the tests themselves) and `make test-cluster` (rows marked",
+        "[Redis Cluster]: the same on a local Redis Cluster of 3 masters and 3 replicas,",
+        "history writes waiting for a replica) on "
         f"{platform.machine()} with {_cpus()} CPUs; each row is the newest run of a scenario.",
         "`lost`: valid events whose effect is missing from Redis; `duplicated`: history",
         "entries that should not be there (both against histories computed offline from the",

@@ -29,7 +29,7 @@ from stream_app.devtools.replay import PlannedEvent, plan_events, produce_raw, r
 from stream_app.devtools.worker_process import WorkerProcess
 from stream_app.worker.connections import redis_client as worker_redis_client
 from stream_app.worker.history import RedisHistory
-from tests.support import VAR, unique
+from tests.support import REDIS_CLUSTER, VAR, unique
 
 RESULTS = Path("var/reliability/results.jsonl")
 
@@ -133,7 +133,9 @@ def dead_letters(settings: Settings, expected: int, timeout_s: float = 30.0) -> 
 
 
 def record(scenario: str, **measured) -> None:
-    """Append one measured row for the reliability table."""
+    """Append one measured row for the reliability table (its own row on a cluster)."""
+    if REDIS_CLUSTER:
+        scenario += " [Redis Cluster]"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     row = {"scenario": scenario, "at": time.strftime("%Y-%m-%d %H:%M:%S")} | measured
     with RESULTS.open("a") as out:
@@ -211,6 +213,32 @@ def seconds_until_recovered(settings: Settings, since: float, timeout_s: float) 
             return time.monotonic() - since
         time.sleep(0.5)
     raise AssertionError(f"still degraded {timeout_s} s after the server came back")
+
+
+def check_exactly_once(scenario: str, settings, events, bad, recovery_s: float, **measured) -> None:
+    """Every user got a list after their last event, every valid event is in its user's
+    history exactly once, the dead-letter topic holds the malformed ones; the figures
+    are recorded for the reliability table (with ``measured``)."""
+    unserved = wait_for_final_lists(settings, events, timeout_s=240)
+    missing, extra = history_errors(settings, events)
+    dlq = dead_letters(settings, expected=len(bad))
+    record(
+        scenario,
+        events=len(events),
+        malformed=len(bad),
+        lost=missing,
+        duplicated=extra,
+        users_without_final_list=len(unserved),
+        dlq_messages=len(dlq),
+        dlq_redelivered=len(dlq) - len(set(dlq)),
+        recovery_s=round(recovery_s, 1),
+        **measured,
+    )
+    assert not unserved, f"{len(unserved)} users never got their final list"
+    assert (missing, extra) == (0, 0)
+    # The DLQ holds the malformed events and nothing else; a batch cut by the kill may
+    # dead-letter one of them again (at-least-once), never a valid event.
+    assert set(dlq) == set(bad)
 
 
 def produce_in_background(settings: Settings, events, bad: list[bytes], rate_per_s: float):

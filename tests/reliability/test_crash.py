@@ -8,15 +8,12 @@ import pytest
 
 from stream_app.devtools.devstack import free_port
 from tests.reliability.scenarios import (
-    dead_letters,
-    history_errors,
+    check_exactly_once,
     malformed_events,
     movielens_events,
     produce_in_background,
     produce_probes,
-    record,
     seconds_until_answered,
-    wait_for_final_lists,
     worker,
 )
 
@@ -27,28 +24,7 @@ MALFORMED = 20
 RATE_PER_S = 2_500
 
 
-def check_exactly_once(scenario: str, settings, events, bad, recovery_s: float) -> None:
-    unserved = wait_for_final_lists(settings, events, timeout_s=240)
-    missing, extra = history_errors(settings, events)
-    dlq = dead_letters(settings, expected=len(bad))
-    record(
-        scenario,
-        events=len(events),
-        malformed=len(bad),
-        lost=missing,
-        duplicated=extra,
-        users_without_final_list=len(unserved),
-        dlq_messages=len(dlq),
-        dlq_redelivered=len(dlq) - len(set(dlq)),
-        recovery_s=round(recovery_s, 1),
-    )
-    assert not unserved, f"{len(unserved)} users never got their final list"
-    assert (missing, extra) == (0, 0)
-    # The DLQ holds the malformed events and nothing else; a batch cut by the kill may
-    # dead-letter one of them again (at-least-once), never a valid event.
-    assert set(dlq) == set(bad)
-
-
+@pytest.mark.cluster
 def test_a_killed_worker_restarts_with_every_event_applied_once(run_settings, movielens):
     events = movielens_events(movielens, EVENTS)
     bad = malformed_events(MALFORMED)

@@ -82,6 +82,7 @@ TRAINER_CRONJOB = {  # its other branches: a CronJob, a claim of yours, at a sub
     "metrics.serviceMonitor.enabled": "true",
 }
 PRODUCTION = ("-f", str(CHART / "values-production.yaml"))
+REDIS_CLUSTER = ("-f", str(CHART / "values-redis-cluster.yaml"))
 EXPERIMENT = {  # arms as values: the ConfigMap carries them as one JSON setting
     "name": "head-v7",
     "arms": [
@@ -104,6 +105,7 @@ SCENARIOS = {
     "trainer": (*PRODUCTION, *settings_flag(TRAINER)),
     "trainer-cronjob": settings_flag(TRAINER_CRONJOB),
     "experiment": ("--set-json", f"config.experiment={json.dumps(EXPERIMENT)}"),
+    "redis-cluster": (*PRODUCTION, *REDIS_CLUSTER, *settings_flag(TRAINER)),
 }
 MODES = {
     "default": "none",
@@ -113,6 +115,7 @@ MODES = {
     "trainer": "keda",
     "trainer-cronjob": "none",
     "experiment": "none",
+    "redis-cluster": "keda",
 }
 TRAINER_KINDS = {"trainer": "Deployment", "trainer-cronjob": "CronJob"}
 
@@ -639,3 +642,16 @@ def test_experiment_arms_reach_the_worker_as_the_code_reads_them(tmp_path, monke
     assert [a.model_dump(exclude_defaults=True) for a in settings.experiment.arms] == EXPERIMENT[
         "arms"
     ]
+
+
+def test_on_a_redis_cluster_every_client_uses_the_cluster_and_waits_for_a_replica(
+    tmp_path, monkeypatch
+):
+    docs = render("redis-cluster")
+    for suffix in ("-worker", "-trainer"):
+        settings = settings_in_pod(docs, one(docs, "Deployment", suffix), tmp_path, monkeypatch)
+        assert settings.redis.cluster is True and settings.redis.replica_acks == 1
+    # Triton's catalog tailer reads the same Redis settings.
+    triton = one(docs, "ConfigMap", "-triton-config")["data"]
+    assert triton["STREAMREC_REDIS__CLUSTER"] == "true"
+    assert triton["STREAMREC_REDIS__URL"] == "redis://redis-cluster:6379/0"

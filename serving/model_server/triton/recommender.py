@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import redis
 import triton_python_backend_utils as pb_utils
 
 from serving.model_server.ann_index import DEFAULT_MIN_ITEMS, AnnConfig
@@ -25,6 +24,7 @@ from serving.model_server.catalog_tailer import CatalogTailer
 from serving.model_server.fresh_items import Fresh, FreshQuery
 from serving.model_server.head_runtime import HeadRuntime
 from serving.model_server.ranker import Ranker
+from serving.model_server.redis_connection import connect_redis
 from serving.model_server.triton.tensor_io import (
     answer_each,
     config_parameter,
@@ -32,7 +32,6 @@ from serving.model_server.triton.tensor_io import (
     output_dtype,
     request_parameter,
 )
-from stream_app.core.client_options import redis_options
 from stream_app.core.settings import load_settings
 
 FRESHNESS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300]
@@ -76,8 +75,7 @@ class TritonPythonModel:
         # Redis address and key prefix come from the same STREAMREC_ settings as the worker.
         settings = load_settings()
         # The tailer blocks up to a second on XREAD: its socket must wait longer than that.
-        options = redis_options(settings.redis, timeout_s=settings.redis.timeout_s + 1.0)
-        client = redis.Redis.from_url(settings.redis.url, **options)
+        client = connect_redis(settings.redis, timeout_s=settings.redis.timeout_s + 1.0)
         encoder_version = head.encoder_version if head else 1
         self.tailer = CatalogTailer(
             client, settings.redis.key_prefix, matrix, self._freshness.observe, encoder_version

@@ -12,7 +12,7 @@ HEAD := model_repository/recommender/2/head.json
 TRAIN_HEAD := $(BIN)/streamrec train --epochs 60 --export
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages data models head evaluate demo up bench bench-online bench-read-api bench-inference test test-reliability test-cluster test-unit lint clean
+.PHONY: help setup system-packages data models head evaluate demo up bench bench-scale bench-online bench-read-api bench-inference test test-reliability test-cluster test-unit lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -59,6 +59,10 @@ bench: setup $(HEAD) ## pipeline benchmark: 1 worker, 2 workers, 2 workers with 
 	$(BIN)/streamrec bench --profile --out bench/results/pipeline/1-worker
 	$(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers
 	STREAMREC_WORKER__BATCH_MAX_EVENTS=512 $(BIN)/streamrec bench --workers 2 --out bench/results/pipeline/2-workers-batch-512
+
+bench-scale: setup $(HEAD) ## scale-out: 1, 2 and 4 workers over 8 partitions, each run with its floor and naive baseline (~12 min); writes bench/results/pipeline/scale/
+	for n in 1 2 4; do STREAMREC_KAFKA__PARTITIONS=8 $(BIN)/streamrec bench --workers $$n --out bench/results/pipeline/scale/$$n-workers || exit 1; done
+	$(BIN)/python -m bench.scale_table
 
 bench-online: setup ## the freshness curve: frozen model vs updated every 1k/5k/20k events of a time-ordered MovieLens replay through Kafka (~30 min on 2 CPUs); writes bench/results/online/
 	$(BIN)/python -m bench.online --out bench/results/online

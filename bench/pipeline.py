@@ -6,7 +6,10 @@ Phases, each on its own topics and users (one stack, started if needed):
 2. latency: events at a fixed rate (default: half of phase 1's rate) for a while;
    end-to-end latency = the recommendation's Kafka timestamp - the event's (both stamped
    on this machine), read by a consumer of the output topic;
-3. naive: ``bench.naive`` (one event at a time, one Redis call per operation, one
+3. floor: ``bench.floor`` (the worker's broker, Faust options, parser, serialiser and
+   publisher, and nothing else: no Redis, no model) on the same number of events at full
+   speed; StreamRec's full-speed rate is reported as a share of it;
+4. naive: ``bench.naive`` (one event at a time, one Redis call per operation, one
    synchronous Triton HTTP request per event) on a backlog of events; its events/s.
 The worker's own metrics give the time split; psutil gives CPU seconds per process.
 """
@@ -136,9 +139,12 @@ class OutputReader:
 class Sampler:
     """CPU seconds of the stack's processes, and the workers' own timing metrics (summed)."""
 
-    def __init__(self, settings: Settings, workers: list[WorkerProcess]) -> None:
+    def __init__(
+        self, settings: Settings, workers: list[WorkerProcess], worker_metrics: bool = True
+    ) -> None:
         self._settings = settings
         self._workers = workers
+        self._worker_metrics = worker_metrics  # the floor has none
         self._pids = {
             "triton": _listener_pid(settings.triton.grpc_port),
             "broker": _listener_pid(int(settings.kafka.bootstrap.rsplit(":", 1)[1])),
@@ -150,6 +156,8 @@ class Sampler:
         if not self._workers:
             return sample
         sample["worker"] = sum(_tree_cpu_s(w.pid) for w in self._workers)
+        if not self._worker_metrics:
+            return sample
         topic = self._settings.kafka.interactions_topic
         for worker in self._workers:
             text = _get(f"http://127.0.0.1:{worker.web_port}/metrics")
@@ -180,6 +188,7 @@ def run_bench(
     rate: float | None = None,
     latency_s: float = 20.0,
     naive_events: int = 4000,
+    floor: bool = True,
     workers: int = 1,
     profile: bool = False,
     out: Path = Path("bench/results/pipeline"),
@@ -203,7 +212,10 @@ def run_bench(
             rate = phases[-1].events_per_s / 2
         rated = plan(max(1, int(rate * latency_s)), users, f"{run}-rate", items, 2)
         phases.append(_measure(opt, pool, "fixed rate", rated, rate))
-        running.close()  # the workers stop before the baseline runs
+        running.close()  # the workers stop before the floor and the baseline run
+        if floor:
+            floor_events = plan(events, users, f"{run}-floor", items, 4)
+            phases.append(_floor(settings, run, floor_events, len(pool)))
         if naive_events:
             naive = plan(naive_events, users, f"{run}-naive", items, 3)
             phases.append(_naive(settings, run, naive))
@@ -227,11 +239,10 @@ def run_bench(
 
 
 def _command() -> str:
-    """This run's command line, with the worker settings it was given in the environment
-    (only those: other groups may hold secrets)."""
-    worker = [
-        f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("STREAMREC_WORKER__")
-    ]
+    """This run's command line, with the worker settings and partitions it was given in
+    the environment (only those: other groups may hold secrets)."""
+    shown = ("STREAMREC_WORKER__", "STREAMREC_KAFKA__PARTITIONS")
+    worker = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(shown)]
     return " ".join([*worker, "streamrec bench", *sys.argv[2:]])
 
 
@@ -269,9 +280,10 @@ def _measure(
     events: list[PlannedEvent],
     rate: float | None,
     profiler=None,
+    worker_metrics: bool = True,
 ) -> Phase:
     print(f"\n{kind}: {len(events)} events" + (f" at {rate:,.0f}/s" if rate else ""), flush=True)
-    sampler = Sampler(settings, workers)
+    sampler = Sampler(settings, workers, worker_metrics)
     before = sampler.take()
     if profiler:
         profiler.start()
@@ -292,6 +304,23 @@ def _measure(
         split_s=split | {"wall": finished - started},
         target_rate=rate,
     )
+
+
+def _floor(settings: Settings, run: str, events: list[PlannedEvent], workers: int) -> Phase:
+    """``bench.floor`` in as many processes as there were workers (one group), warmed up
+    like them, then timed."""
+    floor = isolated(settings, f"{run}-floor", VAR)
+    ensure_topics(floor.kafka)
+    with ExitStack() as running:
+        pool = []
+        for i in range(workers):
+            own = isolated(floor, f"{run}-floor-{i}", VAR).worker  # a web port of its own
+            mine = floor.model_copy(update={"worker": own})
+            log = VAR / f"{run}-floor-{i}.log"
+            pool.append(running.enter_context(WorkerProcess(mine, log, ("bench.floor",))))
+        users = len({e.user_id for e in events})
+        _produce_and_wait(floor, plan(2000, users, f"{run}-floor-warm", ["1"], 5), None, 120)
+        return _measure(floor, pool, "floor", events, None, worker_metrics=False)
 
 
 def _naive(settings: Settings, run: str, events: list[PlannedEvent]) -> Phase:

@@ -128,6 +128,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:
         rate=args.rate,
         latency_s=args.latency_s,
         naive_events=args.naive_events,
+        floor=not args.no_floor,
         workers=args.workers,
         profile=args.profile,
         out=args.out,
@@ -172,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
         "--latency-s", type=float, default=20.0, help="length of the fixed-rate phase"
     )
     bench.add_argument("--naive-events", type=int, default=4000, help="0 skips the baseline")
+    bench.add_argument("--no-floor", action="store_true", help="skip the floor phase")
     bench.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
     bench.add_argument("--profile", action="store_true", help="py-spy the worker at full speed")
     bench.add_argument("--out", type=Path, default=Path("bench/results/pipeline"))

@@ -34,12 +34,18 @@ class WorkerProcess:
     Started and stopped like the launcher's servers (log file, dies with its parent).
     """
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        module: tuple[str, ...] = ("stream_app.cli", "worker"),
+    ) -> None:
+        """``module``: what ``python -m`` runs (``bench.floor``: the benchmark's floor)."""
         self._web_port = settings.worker.web_port
         readyz = f"http://127.0.0.1:{self._web_port}/readyz"
         self._process = ManagedProcess(
             "worker",
-            [sys.executable, "-m", "stream_app.cli", "worker"],
+            [sys.executable, "-m", *module],
             log_path,
             probe=lambda: http_ok(readyz),
             env=os.environ | settings_env(settings),

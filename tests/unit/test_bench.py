@@ -64,16 +64,18 @@ def phase(kind, events_per_s, p99=None, rate=None, split=None):
     }
 
 
-def test_verdicts_state_the_ratio_and_the_latency_target():
+def test_verdicts_state_the_ratios_and_the_latency_target():
     lines = verdicts(
         [
-            phase("full speed", 1200.0),
-            phase("fixed rate", 600.0, p99=300.0, rate=600.0),
+            phase("full speed", 2400.0),
+            phase("fixed rate", 1200.0, p99=300.0, rate=1200.0),
+            phase("floor", 9600.0),
             phase("naive baseline", 100.0),
         ]
     )
-    assert "**12.0x** (target 10x: met)" in lines[0]
-    assert "p99 **300 ms** (target < 250 ms: NOT met)" in lines[1]
+    assert "**24.0x** (target 20x: met)" in lines[0]
+    assert "9,600 events/s, so StreamRec runs at **25%** of it (target 30%: NOT met)" in lines[1]
+    assert "p99 **300 ms** (target < 250 ms: NOT met)" in lines[2]
 
 
 def test_split_table_shares_of_wall_time():
@@ -157,3 +159,31 @@ def test_stream_latency_takes_the_lists_of_events_produced_in_the_phase():
     phase = stream_latency(bodies, produced, since=10.0, until=13.0)
     assert (phase["events"], phase["lists"]) == (3, 2)
     assert phase["p50_ms"] == pytest.approx(100.0) and phase["p99_ms"] == pytest.approx(300.0)
+
+
+def test_the_scale_table_and_capacity_model_come_from_the_runs():
+    from bench.scale_table import capacity, table
+
+    def run(workers, fast, floor, naive, cpu):
+        kinds = {"full speed": fast, "floor": floor, "naive baseline": naive, "fixed rate": fast}
+        return {
+            "settings": {"workers": workers, "partitions": 8},
+            "phases": [
+                {
+                    "kind": kind,
+                    "events_per_s": rate,
+                    "latency_ms": {"p99": 200.0},
+                    "cpu_ms_per_event": cpu,
+                }
+                for kind, rate in kinds.items()
+            ],
+        }
+
+    cpu = {"worker": 0.5, "triton": 0.25, "redis": 0.1, "broker": 0.2, "total": 1.05}
+    one, two = run(1, 500.0, 2000.0, 50.0, cpu), run(2, 900.0, 3000.0, 60.0, cpu)
+    rows = table([one, two])[2:]
+    assert rows[1] == "| 2 | 8 | 900 | 1.80x | 0.50 / 1.05 | 3,000 | 30% | 60 | 15.0x | 200 |"
+    worker, triton = capacity(two, rate=10_000)[2:4]
+    # 10,000 events/s at 0.5 ms each: 5 cores, 10 at half load.
+    assert worker == "| worker | 0.500 | 2,000 | 5.0 | 10 |"
+    assert triton == "| triton | 0.250 | 4,000 | 2.5 | 5 |"

@@ -40,6 +40,7 @@ from stream_app.devtools.demo import prepare_stack
 from stream_app.devtools.devstack import isolated
 from stream_app.devtools.kafka_io import TopicReader, ensure_topics
 from stream_app.devtools.probes import metric_sum
+from stream_app.devtools.redis_cluster import node_ports
 from stream_app.devtools.replay import PlannedEvent, replay
 from stream_app.devtools.stats import percentile
 from stream_app.devtools.worker_process import WorkerProcess, settings_env
@@ -145,14 +146,21 @@ class Sampler:
         self._settings = settings
         self._workers = workers
         self._worker_metrics = worker_metrics  # the floor has none
+        redis_port = _redis_port(settings.redis.url)
+        # A local Redis Cluster: its six nodes listen on the URL's port and the five after.
+        redis_ports = node_ports(redis_port) if settings.redis.cluster else [redis_port]
         self._pids = {
-            "triton": _listener_pid(settings.triton.grpc_port),
-            "broker": _listener_pid(int(settings.kafka.bootstrap.rsplit(":", 1)[1])),
-            "redis": _listener_pid(_redis_port(settings.redis.url)),
+            "triton": [_listener_pid(settings.triton.grpc_port)],
+            "broker": [_listener_pid(int(settings.kafka.bootstrap.rsplit(":", 1)[1]))],
+            "redis": [_listener_pid(port) for port in redis_ports],
         }
 
     def take(self) -> dict[str, float]:
-        sample = {name: _tree_cpu_s(pid) for name, pid in self._pids.items() if pid}
+        sample = {
+            name: sum(_tree_cpu_s(pid) for pid in pids if pid)
+            for name, pids in self._pids.items()
+            if any(pids)
+        }
         if not self._workers:
             return sample
         sample["worker"] = sum(_tree_cpu_s(w.pid) for w in self._workers)
@@ -239,9 +247,10 @@ def run_bench(
 
 
 def _command() -> str:
-    """This run's command line, with the worker settings and partitions it was given in
-    the environment (only those: other groups may hold secrets)."""
-    shown = ("STREAMREC_WORKER__", "STREAMREC_KAFKA__PARTITIONS")
+    """This run's command line, with the worker settings, partitions and Redis Cluster
+    settings it was given in the environment (only those: others may hold secrets)."""
+    shown = ("STREAMREC_WORKER__", "STREAMREC_KAFKA__PARTITIONS", "STREAMREC_REDIS__CLUSTER")
+    shown += ("STREAMREC_REDIS__REPLICA_ACKS",)
     worker = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(shown)]
     return " ".join([*worker, "streamrec bench", *sys.argv[2:]])
 

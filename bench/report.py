@@ -55,7 +55,7 @@ def verdicts(phases: list[dict]) -> list[str]:
         out.append(
             f"- Against the floor (the same broker and Kafka client: consume, parse, one list of"
             f" 10 items a user, produce, commit; no Redis, no model): {floor['events_per_s']:,.0f}"
-            f" events/s, so StreamRec runs at **{share:.0%}** of it (target"
+            f" events/s, so StreamRec runs at **{share:.1%}** of it (target"
             f" {FLOOR_SHARE_TARGET:.0%}: {met})."
         )
     rated = by_kind.get("fixed rate")

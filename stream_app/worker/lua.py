@@ -55,6 +55,8 @@ class ScriptPipeline:
 
     async def execute(self) -> list:
         """Every command's reply, in order; raises the first error."""
+        if self._replicas and isinstance(self._client, aioredis.RedisCluster):
+            await self._client.initialize()  # the slot map the WAITs are routed by
         count = len(self.pipe)
         self._queue_waits(self.pipe, list(self._calls.values()))
         replies = await self.pipe.execute(raise_on_error=False)

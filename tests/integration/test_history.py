@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 
+from stream_app.core.errors import RedisUnavailable
 from stream_app.core.events import Interaction
 from stream_app.core.keys import CatalogKeys
 from stream_app.worker.connections import redis_client
@@ -32,6 +33,8 @@ def run(coro_factory, settings, **limits):
             history_length=limits.get("history_length", 5),
             dedup_window=limits.get("dedup_window", 100),
             user_ttl_s=limits.get("user_ttl_s", 3600),
+            replica_acks=limits.get("replica_acks", 0),
+            replica_timeout_ms=100,
         )
         try:
             return await coro_factory(store)
@@ -116,6 +119,30 @@ def test_history_reads_back_what_the_batch_returned(stack_settings, stack):
 
     returned, read = run(append_and_read, stack_settings)
     assert read == returned and len(read) == 3
+
+
+def test_a_server_that_lost_its_scripts_gets_them_again_and_applies_each_event_once(
+    stack_settings, stack, redis_sync
+):
+    user = unique("u")
+    run(lambda s: s.append_batch([click(user, n) for n in range(3)]), stack_settings)
+    redis_sync.script_flush()  # as a restart or a newly promoted replica would have it
+    (update,) = run(lambda s: s.append_batch([click(user, n) for n in range(2, 5)]), stack_settings)
+    assert update.new_event_ids == (f"{user}-e3", f"{user}-e4")  # e2 was there already
+    assert [h.item_id for h in update.history] == [f"item{n}" for n in range(5)]
+
+
+def test_writes_short_of_their_replicas_fail_and_their_retry_is_a_no_op(stack_settings, stack):
+    # One more replica than each master has: the single server has none, the test
+    # cluster's masters one each. WAIT comes back short after 100 ms.
+    replicas = 1 if stack_settings.redis.cluster else 0
+    user = unique("u")
+    events = [click(user, n) for n in range(3)]
+    with pytest.raises(RedisUnavailable, match="ReplicaLag"):
+        run(lambda s: s.append_batch(events), stack_settings, replica_acks=replicas + 1)
+    # The writes did land on the master: applied again, they change nothing.
+    (update,) = run(lambda s: s.append_batch(events), stack_settings, replica_acks=replicas)
+    assert update.new_event_ids == () and len(update.history) == 3
 
 
 def test_late_events_land_in_their_place(history):

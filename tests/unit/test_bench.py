@@ -74,7 +74,7 @@ def test_verdicts_state_the_ratios_and_the_latency_target():
         ]
     )
     assert "**24.0x** (target 20x: met)" in lines[0]
-    assert "9,600 events/s, so StreamRec runs at **25%** of it (target 30%: NOT met)" in lines[1]
+    assert "9,600 events/s, so StreamRec runs at **25.0%** of it (target 30%: NOT met)" in lines[1]
     assert "p99 **300 ms** (target < 250 ms: NOT met)" in lines[2]
 
 

@@ -39,6 +39,18 @@ def zero_shot_repository() -> Path:
     return repository
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each suite collects only the tests meant for its Redis: ``cluster_only`` ones need
+    the session's Redis to be a cluster (``make test-cluster``); ``single_redis`` ones
+    start a redis-server of their own and would only repeat, on a cluster session, what
+    ``make test`` shows. Deselected, not skipped: CI runs both suites."""
+    unwanted = "single_redis" if REDIS_CLUSTER else "cluster_only"
+    deselected = [item for item in items if item.get_closest_marker(unwanted)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker(unwanted)]
+
+
 @pytest.fixture(scope="session")
 def stack_settings() -> Settings:
     grpc_port = free_port()

@@ -9,19 +9,12 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from stream_app.core.settings import Settings
 from stream_app.devtools.devstack import isolated as devstack_isolated
 
 VAR = Path("var/test")
 REDIS_CLUSTER = os.environ.get("STREAMREC_TEST_REDIS_CLUSTER") == "1"
 """The session's Redis is a local Redis Cluster (``make test-cluster``), not one server."""
-own_single_redis = pytest.mark.skipif(
-    REDIS_CLUSTER, reason="starts its own single redis-server: `make test` runs it"
-)
-"""For tests that bring their own redis-server: under ``make test-cluster`` they would
-only repeat what ``make test`` showed."""
 
 
 def isolated(base: Settings, name: str = "rel", **groups: dict) -> Settings:

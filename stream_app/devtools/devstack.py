@@ -473,6 +473,7 @@ class DevStack:
 
     def _launch_redis_cluster(self, ports: list[int], password: str | None) -> None:
         """Six nodes, ``redis-<port>`` each, joined into 3 masters and 3 replicas."""
+        node_options = redis_options(self.settings.redis, _PROBE_TIMEOUT_S)
         directory = self.workdir / "redis-cluster"
         redis_cluster.fresh_node_directories(directory, ports)
         for port in ports:
@@ -480,7 +481,8 @@ class DevStack:
                 f"redis-{port}",
                 redis_cluster.node_command(port, directory, password),
                 None,
-                lambda port=port: redis_cluster.node_ready(port, password, _PROBE_TIMEOUT_S),
+                # A node answers PING in cluster mode before it has any slot.
+                lambda port=port: _redis_ready(f"redis://{LOOPBACK}:{port}/0", node_options),
             )
         started = time.monotonic()
         redis_cluster.create(ports, password)

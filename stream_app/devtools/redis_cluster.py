@@ -85,17 +85,6 @@ def create(ports: list[int], password: str | None) -> None:
         )
 
 
-def node_ready(port: int, password: str | None, timeout_s: float) -> bool:
-    """This node answers PING (in cluster mode, before any slot is assigned)."""
-    client = redis.Redis(port=port, password=password, socket_timeout=timeout_s)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
 def joined(ports: list[int], password: str | None, timeout_s: float) -> bool:
     """Every node sees the whole cluster with all slots served, and every replica has
     synchronised with its master (so a master may be killed without losing writes it

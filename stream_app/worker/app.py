@@ -100,9 +100,8 @@ def create_app(settings: Settings) -> faust.App:
         settings.redis.user_ttl_s,
         settings.policy.purchased_max,
         replica_acks=settings.redis.replica_acks,
-        replica_timeout_ms=int(
-            settings.redis.timeout_s * 500
-        ),  # returns before the socket times out
+        # WAIT gives up at half the socket timeout, so it answers before the socket fails.
+        replica_timeout_ms=int(settings.redis.timeout_s * 500),
     )
     policy = settings.policy
     popularity = RedisPopularity(

@@ -36,9 +36,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.reliability,
     pytest.mark.cluster,
-    pytest.mark.skipif(
-        not REDIS_CLUSTER, reason="the session's Redis is one server: make test-cluster"
-    ),
+    pytest.mark.cluster_only,
 ]
 
 EVENTS = 20_000
@@ -47,6 +45,7 @@ RATE_PER_S = 2_500
 
 
 def test_a_killed_master_fails_over_with_every_event_applied_once(stack, run_settings, movielens):
+    assert REDIS_CLUSTER, "needs the session's Redis to be a cluster: make test-cluster"
     events = movielens_events(movielens, EVENTS)
     bad = malformed_events(MALFORMED)
     client = redis_client(run_settings)

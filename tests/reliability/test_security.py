@@ -30,7 +30,7 @@ from tests.reliability.scenarios import (
     wait_for_final_lists,
     worker,
 )
-from tests.support import VAR, isolated, own_single_redis, unique
+from tests.support import VAR, isolated, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -55,7 +55,7 @@ def acl_redis():
     process.stop()
 
 
-@own_single_redis
+@pytest.mark.single_redis
 def test_an_acl_user_with_a_password_file_works_and_the_password_never_shows(
     stack_settings, catalog, movielens, acl_redis, tmp_path
 ):

@@ -24,12 +24,12 @@ from tests.reliability.scenarios import (
     wait_for_final_lists,
     worker,
 )
-from tests.support import isolated, own_single_redis, wait_until
+from tests.support import isolated, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 
-@own_single_redis
+@pytest.mark.single_redis
 @pytest.mark.parametrize(
     ("grace_s", "redis_back_after_s", "expected_code"),
     [(10.0, 2.0, 0), (2.0, 6.0, 75)],

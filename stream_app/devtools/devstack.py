@@ -76,14 +76,34 @@ def free_port() -> int:
 
 
 def free_redis_cluster_port() -> int:
-    """A port for a local Redis Cluster's first node (for tests): it and the next five are
-    free, and so are their cluster bus ports, 10,000 above (so at most 55535)."""
+    """A port for a local Redis Cluster's first node (for tests): it and the next five can
+    be bound now, and so can their cluster bus ports, 10,000 above. All twelve lie below
+    the kernel's ephemeral range, where a client's outgoing connection may take a port
+    that nothing listens on (it happened to a bus port)."""
+    ephemeral_low = _ephemeral_port_range()[0]
     rng = random.Random()
     while True:
-        first = rng.randrange(20_000, 55_535 - redis_cluster.NODES)
+        first = rng.randrange(10_000, ephemeral_low - 10_000 - redis_cluster.NODES)
         ports = redis_cluster.node_ports(first)
-        if not any(port_open(LOOPBACK, p) or port_open(LOOPBACK, p + 10_000) for p in ports):
+        if all(_bindable(p) and _bindable(p + 10_000) for p in ports):
             return first
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -46,6 +46,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from stream_app.core.errors import InvalidEvent
 
 SCHEMA_VERSION = 1
@@ -197,7 +199,8 @@ class Recommendations:
             ]
         if not with_caller_ids:
             del body["user_id"], body["trigger_event_id"]
-        return json.dumps(body, separators=(",", ":")).encode()
+        # orjson: the stdlib's encoder took 40 us of the 48 a list cost (twice per list).
+        return orjson.dumps(body)
 
 
 def parse_interaction(

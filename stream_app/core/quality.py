@@ -8,8 +8,9 @@ in ``metrics.py``; the ratio is a PromQL expression in the README).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+import orjson
 
 POSITION_BUCKETS = ((1, "1"), (3, "2-3"), (5, "4-5"), (10, "6-10"))
 """(last position in the bucket, label); later positions are "11+"."""
@@ -42,7 +43,7 @@ def shown_list(stored_list: bytes | None) -> ShownList:
     existed count for the default arm)."""
     if not stored_list:
         return ShownList("default", [])
-    body = json.loads(stored_list)
+    body = orjson.loads(stored_list)  # the worker's own JSON, read back once per user
     items = [(i["item_id"], i.get("reason", "personal")) for i in body["items"]]
     return ShownList(body.get("arm", "default"), items)
 

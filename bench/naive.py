@@ -24,6 +24,7 @@ from confluent_kafka import Consumer
 
 from stream_app.core.errors import InvalidEvent
 from stream_app.core.events import Recommendations, parse_interaction
+from stream_app.core.id_lists import join_rows, split_rows
 from stream_app.core.policy import Candidate, assemble, excluded_items
 from stream_app.core.privacy import Pseudonymiser
 from stream_app.core.settings import Settings, load_settings
@@ -112,13 +113,11 @@ class NaiveWorker:
 
     def _recommend(self, entries: list[list[str]], exclude: list[str]):
         """One synchronous HTTP request for one user."""
-        ids = np.array([[item.encode() for _, item, _ in entries]], dtype=object)
         bought = np.array([[kind == "purchase" for _, _, kind in entries]], dtype=bool)
-        skip = np.array([[i.encode() for i in exclude] or [b""]], dtype=object)
         inputs = [
-            _input("HISTORY_IDS", ids, "BYTES"),
+            _input("HISTORY", join_rows([[item for _, item, _ in entries]]), "BYTES"),
             _input("HISTORY_PURCHASED", bought, "BOOL"),
-            _input("EXCLUDE_IDS", skip, "BYTES"),
+            _input("EXCLUDE", join_rows([exclude]), "BYTES"),
         ]
         parameters = {
             "top_k": self.settings.worker.top_k,
@@ -127,8 +126,11 @@ class NaiveWorker:
         result = self.triton.infer(
             self.settings.triton.recommender_model, inputs, parameters=parameters
         )
-        row = zip(*(result.as_numpy(n)[0] for n in ("TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")))
-        candidates = [Candidate(i.decode(), float(s), b.decode() or None) for i, s, b in row if i]
+        (items,), (because,) = (
+            split_rows(result.as_numpy(n)) for n in ("TOP_ITEMS", "BECAUSE_ITEMS")
+        )
+        row = zip(items, result.as_numpy("TOP_SCORES")[0], because)
+        candidates = [Candidate(i, float(s), b or None) for i, s, b in row if i]
         return candidates, result.as_numpy("MODEL_VERSION")[0, 0].decode()
 
     def run(self, events: int, timeout_s: float) -> dict:

@@ -14,6 +14,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from stream_app.core.errors import InferenceUnavailable
+from stream_app.core.id_lists import join_rows, split_rows
 from stream_app.core.policy import Candidate
 from stream_app.worker.metrics import track_triton
 from stream_app.worker.ports import HistoryRow, ItemEmbedder, Ranking, RankQuery, Recommender
@@ -85,9 +86,9 @@ class TritonRecommender(Recommender, ItemEmbedder):
         for i, row in enumerate(rows):
             purchased[i, : len(row.purchased)] = row.purchased
         inputs = [
-            _input("HISTORY_IDS", _padded([r.item_ids for r in rows]), "BYTES"),
+            _input("HISTORY", join_rows(r.item_ids for r in rows), "BYTES"),
             _input("HISTORY_PURCHASED", purchased, "BOOL"),
-            _input("EXCLUDE_IDS", _padded([r.exclude for r in rows]), "BYTES"),
+            _input("EXCLUDE", join_rows(r.exclude for r in rows), "BYTES"),
         ]
         parameters: dict[str, int | float] = {"top_k": query.k, "diversity": query.diversity}
         if query.fresh:
@@ -98,10 +99,10 @@ class TritonRecommender(Recommender, ItemEmbedder):
                 "explore_recent": query.fresh.recent,
             }
         result = await self._infer_ranking(inputs, parameters, query)
-        lists = _candidates(result, "TOP_IDS", "TOP_SCORES", "BECAUSE_IDS")
+        lists = _candidates(result, "TOP_ITEMS", "TOP_SCORES", "BECAUSE_ITEMS")
         fresh = None
         if query.fresh:
-            fresh = _candidates(result, "FRESH_IDS", "FRESH_SCORES", "FRESH_BECAUSE_IDS")
+            fresh = _candidates(result, "FRESH_ITEMS", "FRESH_SCORES", "FRESH_BECAUSE_ITEMS")
         return Ranking(lists, result.as_numpy("MODEL_VERSION")[0, 0].decode(), fresh)
 
     async def _infer_ranking(self, inputs, parameters: dict, query: RankQuery):
@@ -160,21 +161,14 @@ class TritonRecommender(Recommender, ItemEmbedder):
         await self._client.close()
 
 
-def _candidates(result, ids: str, scores: str, because: str) -> list[list[Candidate]]:
-    # tolist(): Python bytes and floats at once, not a numpy scalar per element.
-    columns = (result.as_numpy(name).tolist() for name in (ids, scores, because))
-    return [
-        [Candidate(i.decode(), s, b.decode() or None) for i, s, b in zip(*row) if i]
-        for row in zip(*columns)
-    ]
-
-
-def _padded(rows: list[Sequence[str]]) -> np.ndarray:
-    """Ragged id lists as one (rows, longest) BYTES array padded with empty ids."""
-    ids = np.full((len(rows), max(1, max(len(r) for r in rows))), b"", dtype=object)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = [item.encode() for item in row]
-    return ids
+def _candidates(result, items: str, scores: str, because: str) -> list[list[Candidate]]:
+    # tolist(): Python floats at once, not a numpy scalar per element.
+    rows = zip(
+        split_rows(result.as_numpy(items)),
+        result.as_numpy(scores).tolist(),
+        split_rows(result.as_numpy(because)),
+    )
+    return [[Candidate(i, s, b or None) for i, s, b in zip(*row) if i] for row in rows]
 
 
 def _input(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:

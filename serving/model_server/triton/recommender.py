@@ -32,6 +32,7 @@ from serving.model_server.triton.tensor_io import (
     output_dtype,
     request_parameter,
 )
+from stream_app.core.id_lists import join_rows, padded, split_rows
 from stream_app.core.settings import load_settings
 
 FRESHNESS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300]
@@ -89,29 +90,30 @@ class TritonPythonModel:
         diversity = request_parameter(request, "diversity", 1.0, float)
         if not 0.0 <= diversity <= 1.0:
             raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
-        item_ids = input_array(request, "HISTORY_IDS")
         purchased = input_array(request, "HISTORY_PURCHASED").astype(bool)
-        if item_ids.shape != purchased.shape:
-            raise ValueError("HISTORY_IDS and HISTORY_PURCHASED must have the same shape")
-        exclude = pb_utils.get_input_tensor_by_name(request, "EXCLUDE_IDS")
-        exclude_ids = exclude.as_numpy() if exclude is not None else np.empty((len(item_ids), 0))
-        if len(exclude_ids) != len(item_ids):
-            raise ValueError("EXCLUDE_IDS needs one row per history")
+        histories = split_rows(input_array(request, "HISTORY"))
+        if len(histories) != len(purchased) or any(len(h) > purchased.shape[1] for h in histories):
+            raise ValueError("HISTORY_PURCHASED needs a row per history, as wide as the longest")
+        item_ids = padded(histories, purchased.shape[1])
+        exclude = pb_utils.get_input_tensor_by_name(request, "EXCLUDE")
+        excluded = split_rows(exclude.as_numpy()) if exclude is not None else [[]] * len(histories)
+        if len(excluded) != len(histories):
+            raise ValueError("EXCLUDE needs one row per history")
         fresh = _fresh_query(request)
         with self.tailer.lock:
             ranked = self.ranker.rank(
-                item_ids, purchased, exclude_ids, k, diversity, max(self.candidates, k), fresh
+                item_ids, purchased, padded(excluded), k, diversity, max(self.candidates, k), fresh
             )
         version = np.full((len(item_ids), 1), self.model_version.encode(), dtype=np.object_)
         new = ranked.fresh or Fresh.none(len(item_ids))
         return [
-            pb_utils.Tensor("TOP_IDS", ranked.item_ids.astype(np.object_)),
+            pb_utils.Tensor("TOP_ITEMS", join_rows(ranked.item_ids.tolist())),
             pb_utils.Tensor("TOP_SCORES", ranked.scores.astype(self.score_dtype)),
-            pb_utils.Tensor("BECAUSE_IDS", ranked.because_ids.astype(np.object_)),
+            pb_utils.Tensor("BECAUSE_ITEMS", join_rows(ranked.because_ids.tolist())),
             pb_utils.Tensor("MODEL_VERSION", version),
-            pb_utils.Tensor("FRESH_IDS", new.item_ids.astype(np.object_)),
+            pb_utils.Tensor("FRESH_ITEMS", join_rows(new.item_ids.tolist())),
             pb_utils.Tensor("FRESH_SCORES", new.similarity.astype(self.score_dtype)),
-            pb_utils.Tensor("FRESH_BECAUSE_IDS", new.because_ids.astype(np.object_)),
+            pb_utils.Tensor("FRESH_BECAUSE_ITEMS", join_rows(new.because_ids.tolist())),
         ]
 
     def execute(self, requests):

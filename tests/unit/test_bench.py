@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from bench.ab_table import run_row
+from bench.ab_table import table as ab_table
 from bench.encoder_compression import served_choice
 from bench.head_vs_sasrec import report as head_vs_sasrec
 from bench.id_scale import chosen_scale
@@ -187,3 +189,35 @@ def test_the_scale_table_and_capacity_model_come_from_the_runs():
     # 10,000 events/s at 0.5 ms each: 5 cores, 10 at half load.
     assert worker == "| worker | 0.500 | 2,000 | 5.0 | 10 |"
     assert triton == "| triton | 0.250 | 4,000 | 2.5 | 5 |"
+
+
+def _bench_result(events_per_s: float, cpu_total: float) -> dict:
+    def phase(kind: str, rate: float, cpu: float = 1.0) -> dict:
+        return {
+            "kind": kind,
+            "events_per_s": rate,
+            "latency_ms": {"p99": 200.0},
+            "cpu_ms_per_event": {"worker": cpu / 2, "total": cpu},
+        }
+
+    return {
+        "phases": [
+            phase("full speed", events_per_s, cpu_total),
+            phase("fixed rate", events_per_s / 2, 2 * cpu_total),
+            phase("floor", 4 * events_per_s),
+            phase("naive baseline", 100.0),
+        ]
+    }
+
+
+def test_the_ab_table_gives_each_run_each_side_s_mean_and_the_ratio():
+    runs = {
+        "base1": ("d", run_row(_bench_result(1000.0, 2.0))),
+        "new1": ("d", run_row(_bench_result(1500.0, 1.0))),
+        "base2": ("d", run_row(_bench_result(1000.0, 2.0))),
+    }
+    lines = ab_table(runs).splitlines()
+    assert lines[2].startswith("| base1 | d | 1,000 | 10.0x | 25.0% | 200 | 1.00 | 2.00 |")
+    assert "**mean base** (2 runs)" in lines[5] and "**mean new** (1 runs)" in lines[6]
+    # new / base: 1.5x the rate, half the CPU per event
+    assert lines[7].startswith("| **new / base** |  | 1.50 | 1.50 | 1.00 | 1.00 | 0.50 | 0.50 |")

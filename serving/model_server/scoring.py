@@ -71,6 +71,25 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None):
     return indices.astype(np.int64), best
 
 
+def same_ranking(
+    reference: np.ndarray, first: np.ndarray, second: np.ndarray, tolerance: float
+) -> np.ndarray:
+    """Per row: do two top-k lists (from ``top_k``) agree, up to ties?
+
+    Two float paths over the same model (PyTorch and ONNX Runtime, say) may order items
+    whose scores tie within rounding either way. The lists agree when, position by position,
+    the ``reference`` scores of their items differ by at most ``tolerance`` and the same
+    positions are padding. If neither path's scores are off by more than ``d``, ``2 * d`` is
+    enough; a wrong exclusion or a shifted id still fails.
+    """
+    rows = np.arange(reference.shape[0])[:, None]
+    first_scores = reference[rows, np.clip(first, 0, None)]
+    second_scores = reference[rows, np.clip(second, 0, None)]
+    same_padding = (first < 0) == (second < 0)
+    close = np.abs(first_scores - second_scores) <= tolerance
+    return np.all(same_padding & (close | (first < 0)), axis=1)
+
+
 def collapse_history(item_ids: list, purchased: list) -> tuple[list, list]:
     """One entry per item, at its first position, marked purchased if any event was.
 

@@ -4,7 +4,7 @@ Writes ``model_repository/recommender/<version>/``: two ONNX graphs (the item to
 whenever the catalog changes, and the sequence encoder, run per request), ``head.json``
 (version tag, max length, the item ids that have learned embeddings) and the model.py
 shim. The parity check compares ONNX Runtime with PyTorch on validation users: max abs
-score difference and identical top-10 lists; a failing export never lands.
+score difference and the same top-10 lists up to ties; a failing export never lands.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from serving.model_server.scoring import top_k
+from serving.model_server.scoring import same_ranking, top_k
 from serving.offline.head import ScoringHead
 
 logger = logging.getLogger(__name__)
@@ -174,13 +174,18 @@ def check_parity(model: ScoringHead, onnx_dir: Path, rows: np.ndarray, types: np
     mask = np.where(rows > 0, rows, -1)
     expected_top, _ = top_k(expected[:, 1:], 10, exclude=np.where(mask > 0, mask - 1, -1))
     actual_top, _ = top_k(actual[:, 1:], 10, exclude=np.where(mask > 0, mask - 1, -1))
-    same_top10 = float((expected_top == actual_top).all(axis=1).mean())
+    identical = float((expected_top == actual_top).all(axis=1).mean())
+    # A near-tie at the tenth place may fall either way (CI once saw 1 user in 200 with
+    # a 4e-7 difference): the lists must agree up to ties, not be identical.
+    tie = 2 * max_diff + 1e-6
+    agree = float(same_ranking(expected[:, 1:], expected_top, actual_top, tie).mean())
     report = {
         "users": len(rows),
         "max_abs_score_diff": max_diff,
-        "identical_top10_share": same_top10,
+        "identical_top10_share": identical,
+        "same_top10_up_to_ties_share": agree,
     }
     logger.info("head onnx parity %s", report)
-    if max_diff > SCORE_TOLERANCE or same_top10 < 1.0:
+    if max_diff > SCORE_TOLERANCE or agree < 1.0:
         raise RuntimeError(f"ONNX head differs from PyTorch: {report}")
     return report

@@ -1,6 +1,6 @@
 import numpy as np
 
-from serving.model_server.scoring import history_weights, top_k, user_vectors
+from serving.model_server.scoring import history_weights, same_ranking, top_k, user_vectors
 
 
 def test_weights_decay_with_valid_age_and_favour_purchases():
@@ -29,3 +29,17 @@ def test_top_k_pads_when_too_few_are_eligible():
     indices, best = top_k(np.array([[0.2, 0.1]]), 2, exclude=np.array([[0]]))
     assert indices.tolist() == [[1, -1]]
     assert best[0, 1] == -np.inf
+
+
+def test_rankings_agree_when_only_tied_items_trade_places():
+    reference = np.array([[0.9, 0.5, 0.5000003, 0.1], [0.9, 0.5, 0.5000003, 0.1]])
+    first = np.array([[0, 2, 1], [0, 2, -1]])
+    swapped_tie = np.array([[0, 1, 2], [0, 1, -1]])
+    assert same_ranking(reference, first, swapped_tie, 1e-6).tolist() == [True, True]
+
+
+def test_rankings_differ_on_a_real_swap_or_different_padding():
+    reference = np.array([[0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])
+    first = np.array([[0, 1], [0, 1]])
+    other = np.array([[0, 2], [0, -1]])  # a worse item; a missing one
+    assert same_ranking(reference, first, other, 1e-6).tolist() == [False, False]

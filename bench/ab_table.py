@@ -30,16 +30,19 @@ COLUMNS = (
 
 
 def run_row(result: dict) -> list[float]:
+    """A run's figures; NaN for a phase it did not run (``--rate`` alone has no full speed)."""
     phases = {p["kind"]: p for p in result["phases"]}
-    full, rated = phases["full speed"], phases["fixed rate"]
+    full, rated = phases.get("full speed"), phases["fixed rate"]
     naive, floor = phases.get("naive baseline"), phases.get("floor")
+    nan = float("nan")
+    speed = full["events_per_s"] if full else nan
     return [
-        full["events_per_s"],
-        full["events_per_s"] / naive["events_per_s"] if naive else float("nan"),
-        full["events_per_s"] / floor["events_per_s"] if floor else float("nan"),
+        speed,
+        speed / naive["events_per_s"] if naive else nan,
+        speed / floor["events_per_s"] if floor else nan,
         rated["latency_ms"]["p99"],
-        full["cpu_ms_per_event"]["worker"],
-        full["cpu_ms_per_event"]["total"],
+        full["cpu_ms_per_event"]["worker"] if full else nan,
+        full["cpu_ms_per_event"]["total"] if full else nan,
         rated["cpu_ms_per_event"]["worker"],
         rated["cpu_ms_per_event"]["total"],
     ]
@@ -58,13 +61,13 @@ def table(runs: dict[str, tuple[str, list[float]]]) -> str:
         lines.append(_line(f"**mean {label}** ({len(by_label[label])} runs)", "", row))
     if len(means) == 2:
         (a, first), (b, second) = means.items()
-        ratios = [f"{y / x:.2f}" for x, y in zip(first, second)]
+        ratios = [f"{y / x:.2f}" if x == x and y == y else "-" for x, y in zip(first, second)]
         lines.append("| " + " | ".join([f"**{b} / {a}**", "", *ratios]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _line(name: str, date: str, row: list[float]) -> str:
-    cells = [fmt.format(value) for (_, fmt), value in zip(COLUMNS, row)]
+    cells = [fmt.format(value) if value == value else "-" for (_, fmt), value in zip(COLUMNS, row)]
     return "| " + " | ".join([name, date, *cells]) + " |"
 
 

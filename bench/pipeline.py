@@ -235,6 +235,7 @@ def run_bench(
             "batch_max_events": settings.worker.batch_max_events,
             "batch_shards": settings.worker.batch_shards,
             "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
+            "event_loop": settings.worker.event_loop,
             "batch_window_ms": settings.worker.batch_window_ms,
             "partitions": settings.kafka.partitions,
             "users": users,

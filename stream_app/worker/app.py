@@ -251,6 +251,7 @@ def use_event_loop(name: str) -> None:
         # The stdlib policy makes the main thread's loop on first ask; uvloop's does not,
         # and gRPC and Faust ask before any loop runs.
         asyncio.set_event_loop(asyncio.new_event_loop())
+    logger.info("event loop %s", name)
 
 
 def run_worker(settings: Settings) -> None:

@@ -221,3 +221,14 @@ def test_the_ab_table_gives_each_run_each_side_s_mean_and_the_ratio():
     assert "**mean base** (2 runs)" in lines[5] and "**mean new** (1 runs)" in lines[6]
     # new / base: 1.5x the rate, half the CPU per event
     assert lines[7].startswith("| **new / base** |  | 1.50 | 1.50 | 1.00 | 1.00 | 0.50 | 0.50 |")
+
+
+def test_the_ab_table_takes_fixed_rate_runs_alone():
+    def rate_only(cpu_total: float) -> dict:
+        full = _bench_result(1000.0, cpu_total)
+        return {"phases": [p for p in full["phases"] if p["kind"] == "fixed rate"]}
+
+    runs = {"a1": ("d", run_row(rate_only(2.0))), "b1": ("d", run_row(rate_only(1.0)))}
+    lines = ab_table(runs).splitlines()
+    assert lines[2].startswith("| a1 | d | - | - | - | 200 | - | - | 2.00 | 4.00 |")
+    assert lines[-1] == "| **b / a** |  | - | - | - | 1.00 | - | - | 0.50 | 0.50 |"

@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--payload", type=Path, default=None, help="bench.gpu_payload's folder")
     parser.add_argument("--items", type=int, nargs="+", default=[1682, 100_000, 1_000_000])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256, 1024])
-    parser.add_argument("--parts", nargs="+", default=["head", "scoring", "encoder"])
+    parser.add_argument("--parts", nargs="+", default=["head", "encoder", "scoring"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--embed-batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--tokens", type=int, nargs="+", default=[32, 128])

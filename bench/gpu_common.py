@@ -146,3 +146,67 @@ def list_parity(
 
     same = ((scores(found) - scores(expected)).abs() <= tie).all(dim=1)
     return {"top10_overlap": float(overlap), "top10_same_up_to_ties": float(same.float().mean())}
+
+
+@dataclass(frozen=True)
+class ListPart:
+    """A part that ranks the catalog for a batch of users (the head, the scoring stand-in):
+    what ``bench_lists`` needs to know of it."""
+
+    name: str
+    catalog: Callable[[int], torch.Tensor]
+    """items -> the fp32 catalog matrix on the CPU (also what parity rescores with)."""
+    recommend: Callable[[torch.Tensor, int, Variant, torch.device], Callable[[], tuple]]
+    """(catalog, batch, variant, device) -> a call giving (user vectors, scores, top ids)."""
+    figures: Callable[[torch.Tensor, int, float, Variant], dict]
+    """(catalog, batch, seconds, variant) -> the part's own figures (TFLOP/s, ...)."""
+    compile_items: int
+    """Compiled variants run at this catalog size only."""
+
+
+def bench_lists(
+    part: ListPart,
+    device: str,
+    sizes: list[int],
+    batches: list[int],
+    variants: list[str],
+    clock: Clock,
+    budget_s: float = 0.3,
+    compile_batch: int = 256,
+) -> list[dict]:
+    """One row per catalog size, batch and variant: users/s and the top-10's parity with
+    the first variant of its batch (the CPU's, by default)."""
+    rows_out = []
+    for size in sizes:
+        catalog = part.catalog(size)
+        for batch in batches:
+            reference = None
+            for name in variants:
+                if not usable(name, device, (size, batch) == (part.compile_items, compile_batch)):
+                    continue
+                what = f"{part.name} {size} {batch} {name}"
+                if not clock.allows(what):
+                    return rows_out
+                variant = VARIANTS[name]
+                dev = device_of(variant, device)
+                call = part.recommend(catalog, batch, variant, dev)
+                timing = time_variant(call, variant, dev, budget_s, clock, what)
+                if timing is None:
+                    continue
+                seconds, (users, _, top) = timing
+                found = top[:, :10].cpu()
+                if reference is None:
+                    reference = (users.float().cpu(), found)
+                rows_out.append(
+                    {
+                        "part": part.name, "items": size, "batch": batch, "variant": name,
+                        "users_per_s": batch / seconds, "ms": 1000 * seconds,
+                        "precision": variant.precision,
+                        **part.figures(catalog, batch, seconds, variant),
+                        **list_parity(reference, found, catalog),
+                    }
+                )  # fmt: skip
+                print(rows_out[-1], flush=True)
+                del call
+        del catalog
+    return rows_out

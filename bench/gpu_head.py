@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.gpu_common import VARIANTS, Clock, device_of, list_parity, time_variant, usable
+from bench.gpu_common import ListPart
 from serving.offline.head import HeadConfig, ScoringHead
 
 TOP = 10
@@ -57,58 +57,24 @@ def sequence_encoder(head: dict) -> torch.nn.Module:
     return model.eval().sequence
 
 
-def bench_head(
-    head: dict,
-    device: str,
-    sizes: list[int],
-    batches: list[int],
-    variants: list[str],
-    clock: Clock,
-    budget_s: float = 0.3,
-    compile_batch: int = 256,
-) -> list[dict]:
+def head_part(head: dict, sizes: list[int]) -> ListPart:
     generator = torch.Generator().manual_seed(0)
-    rows_out = []
-    for size in sizes:
-        catalog = catalog_matrix(head, size, generator)
-        for batch in batches:
-            take = torch.arange(batch) % head["rows"].shape[0]
-            history, types = head["rows"][take], head["types"][take]
-            reference = None
-            for name in variants:
-                if not usable(name, device, batch == compile_batch and size == sizes[0]):
-                    continue
-                what = f"head {size} {batch} {name}"
-                if not clock.allows(what):
-                    return rows_out
-                variant = VARIANTS[name]
-                dev = device_of(variant, device)
-                items = catalog.to(dev)
-                net = sequence_encoder(head).to(dev, variant.dtype)
-                rows, kinds = history.to(dev), types.to(dev)
 
-                def recommend(items=items, net=net, rows=rows, kinds=kinds, dtype=variant.dtype):
-                    users = net(items[rows].to(dtype), kinds, last_only=True)[:, -1].float()
-                    return users, *torch.topk(users @ items.T, TOP, dim=1)
+    def recommend(catalog, batch, variant, dev):
+        take = torch.arange(batch) % head["rows"].shape[0]
+        rows, kinds = head["rows"][take].to(dev), head["types"][take].to(dev)
+        items, net = catalog.to(dev), sequence_encoder(head).to(dev, variant.dtype)
 
-                timing = time_variant(recommend, variant, dev, budget_s, clock, what)
-                if timing is None:
-                    continue
-                seconds, (users, _, top) = timing
-                found = top.cpu()
-                if reference is None:  # the first variant, the CPU's, is the reference
-                    reference = (users.float().cpu(), found)
-                rows_out.append(
-                    {
-                        "part": "head", "items": size, "batch": batch, "variant": name,
-                        "users_per_s": batch / seconds, "ms": 1000 * seconds,
-                        # the dot products only: the Transformer is small beside them
-                        "tflops": 2 * batch * items.numel() / seconds / 1e12,
-                        "precision": variant.precision,
-                        **list_parity(reference, found, catalog),
-                    }
-                )  # fmt: skip
-                print(rows_out[-1], flush=True)
-                del items, net
-        del catalog
-    return rows_out
+        def call():
+            users = net(items[rows].to(variant.dtype), kinds, last_only=True)[:, -1].float()
+            return users, *torch.topk(users @ items.T, TOP, dim=1)
+
+        return call
+
+    def figures(catalog, batch, seconds, variant):
+        # the dot products only: the Transformer is small beside them
+        return {"tflops": 2 * batch * catalog.numel() / seconds / 1e12}
+
+    return ListPart(
+        "head", lambda size: catalog_matrix(head, size, generator), recommend, figures, sizes[0]
+    )

@@ -34,8 +34,9 @@ from bench.gpu_common import (
     BASELINE,
     VARIANTS,
     Clock,
+    ListPart,
+    bench_lists,
     device_of,
-    list_parity,
     time_variant,
     usable,
 )
@@ -80,61 +81,33 @@ def ceilings(device: str) -> dict:
 # -- scoring -----------------------------------------------------------------------------
 
 
-def bench_scoring(
-    device: str,
-    sizes: list[int],
-    batches: list[int],
-    variants: list[str],
-    clock: Clock,
-    budget_s: float = 0.3,
-    compile_batch: int = 256,
-) -> list[dict]:
+def scoring_part(sizes: list[int]) -> ListPart:
     generator = torch.Generator().manual_seed(0)
-    rows_out = []
-    for size in sizes:
-        catalog = torch.nn.functional.normalize(torch.randn(size, DIM, generator=generator), dim=1)
-        for batch in batches:
-            history = torch.randint(0, size, (batch, HISTORY), generator=generator)
-            weights = torch.rand(batch, HISTORY, generator=generator)
-            reference = None
-            for name in variants:
-                compile_here = batch == compile_batch and size == sizes[min(1, len(sizes) - 1)]
-                if not usable(name, device, compile_here):
-                    continue
-                what = f"scoring {size} {batch} {name}"
-                if not clock.allows(what):
-                    return rows_out
-                variant = VARIANTS[name]
-                dev = device_of(variant, device)
-                items = catalog.to(dev, variant.dtype)
-                rows, w = history.to(dev), weights.to(dev, variant.dtype)
 
-                def score(items=items, rows=rows, w=w):
-                    users = torch.einsum("bl,bld->bd", w, items[rows])
-                    users = torch.nn.functional.normalize(users.float(), dim=1)
-                    return users, *torch.topk(users.to(items.dtype) @ items.T, CANDIDATES, dim=1)
+    def catalog(size):
+        return torch.nn.functional.normalize(torch.randn(size, DIM, generator=generator), dim=1)
 
-                timing = time_variant(score, variant, dev, budget_s, clock, what)
-                if timing is None:
-                    continue
-                seconds, (users, _, top) = timing
-                found = top[:, :10].cpu()
-                if reference is None:  # the first variant, the CPU's, is the reference
-                    reference = (users.float().cpu(), found)
-                flops = 2 * batch * size * DIM
-                rows_out.append(
-                    {
-                        "part": "scoring", "items": size, "batch": batch, "variant": name,
-                        "users_per_s": batch / seconds, "ms": 1000 * seconds,
-                        "tflops": flops / seconds / 1e12, "precision": variant.precision,
-                        "gb_s": items.numel() * items.element_size() / seconds / 1e9,
-                        **list_parity(reference, found, catalog),
-                    }
-                )  # fmt: skip
-                print(rows_out[-1], flush=True)
-                del items
-        del catalog
-    return rows_out
+    def recommend(catalog, batch, variant, dev):
+        same = torch.Generator().manual_seed(batch)  # every variant: the same histories
+        rows = torch.randint(0, catalog.shape[0], (batch, HISTORY), generator=same).to(dev)
+        weights = torch.rand(batch, HISTORY, generator=same).to(dev, variant.dtype)
+        items = catalog.to(dev, variant.dtype)
+
+        def call():
+            users = torch.einsum("bl,bld->bd", weights, items[rows])
+            users = torch.nn.functional.normalize(users.float(), dim=1)
+            return users, *torch.topk(users.to(items.dtype) @ items.T, CANDIDATES, dim=1)
+
+        return call
+
+    def figures(catalog, batch, seconds, variant):
+        item_bytes = catalog.numel() * (2 if variant.dtype == torch.bfloat16 else 4)
+        return {
+            "tflops": 2 * batch * catalog.numel() / seconds / 1e12,
+            "gb_s": item_bytes / seconds / 1e9,
+        }
+
+    return ListPart("scoring", catalog, recommend, figures, sizes[min(1, len(sizes) - 1)])
 
 
 # -- encoder -----------------------------------------------------------------------------
@@ -377,15 +350,20 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": [],
     }
     print(results["ceilings"], flush=True)
+    grid = (
+        device,
+        args.items,
+        args.batches,
+        args.variants,
+        clock,
+        args.budget_s,
+        args.compile_batch,
+    )
     parts = {
-        "head": lambda: gpu_head.bench_head(
-            head, device, args.items, args.batches, args.variants, clock, args.budget_s,
-            args.compile_batch,
+        "head": lambda: bench_lists(
+            gpu_head.head_part(head, args.items), *grid
         ) if head else [],
-        "scoring": lambda: bench_scoring(
-            device, args.items, args.batches, args.variants, clock, args.budget_s,
-            args.compile_batch,
-        ),
+        "scoring": lambda: bench_lists(scoring_part(args.items), *grid),
         "encoder": lambda: bench_encoder(
             model, device, args.embed_batches, args.tokens, args.variants, clock,
             args.budget_s, texts,

@@ -43,21 +43,22 @@ def test_head_scoring_and_encoder_benchmarks_run_on_cpu(tmp_path):
     _tiny_head(tmp_path)
     results = gpu_speed.main(
         ["--device", "cpu", "--out", str(tmp_path), "--payload", str(tmp_path),
-         "--items", "60", "300", "--batches", "2", "--variants", "cpu fp32", "eager bf16",
-         "graph fp32", "--embed-batches", "2", "--tokens", "8", "--budget-s", "0"]
+         "--items", "60", "300", "--batches", "2", "--variants", "cpu fp32", "eager fp32",
+         "eager bf16", "graph fp32", "--embed-batches", "2", "--tokens", "8", "--budget-s", "0"]
     )  # fmt: skip
     head, scoring, encoder = (
         [r for r in results["rows"] if r["part"] == part] for part in ("head", "scoring", "encoder")
     )
     # CUDA graphs need a GPU: a CPU run leaves them out
-    assert [r["variant"] for r in scoring] == ["cpu fp32", "eager bf16"] * 2
+    variants = ["cpu fp32", "eager fp32", "eager bf16"]
+    assert [r["variant"] for r in scoring] == variants * 2
     assert [(r["items"], r["variant"]) for r in head] == [
-        (60, "cpu fp32"), (60, "eager bf16"), (300, "cpu fp32"), (300, "eager bf16")
-    ]  # fmt: skip
-    for part in (head, scoring):
-        assert part[0]["top10_overlap"] == 1.0 and part[0]["top10_same_up_to_ties"] == 1.0
+        (items, name) for items in (60, 300) for name in variants
+    ]
+    for part in (head, scoring):  # fp32 again, on the same inputs: the same lists
+        assert all(r["top10_same_up_to_ties"] == 1.0 for r in part if "fp32" in r["variant"])
         assert all(0 <= r["top10_overlap"] <= 1 and r["users_per_s"] > 0 for r in part)
-    assert encoder[0]["cos_min"] > 0.9999 and encoder[1]["cos_mean"] > 0.99
+    assert encoder[1]["cos_min"] > 0.9999 and encoder[2]["cos_mean"] > 0.99
     assert all(r["tflops"] > 0 for r in encoder)
     text = (tmp_path / "gpu.md").read_text()
     assert "| 300 | 2 | eager bf16 |" in text and "Encoder weights: all-MiniLM-L6-v2" in text

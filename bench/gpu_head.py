@@ -45,16 +45,18 @@ def catalog_matrix(head: dict, size: int, generator: torch.Generator) -> torch.T
         copies = copies + 0.02 * torch.randn(copies.shape, generator=generator)
         text = torch.cat([text, torch.nn.functional.normalize(copies, dim=1)])
         id_rows = torch.cat([id_rows, torch.zeros(extra, dtype=id_rows.dtype)])
-    model = ScoringHead(HeadConfig(**head["config"]), text, id_rows)
-    model.load_state_dict(head["state_dict"])
     with torch.inference_mode():
-        return model.eval().catalog()
+        return scoring_head(head, text, id_rows).catalog()
 
 
 def sequence_encoder(head: dict) -> torch.nn.Module:
-    model = ScoringHead(HeadConfig(**head["config"]), head["text_vectors"], head["id_rows"])
+    return scoring_head(head, head["text_vectors"], head["id_rows"]).sequence
+
+
+def scoring_head(head: dict, text: torch.Tensor, id_rows: torch.Tensor) -> ScoringHead:
+    model = ScoringHead(HeadConfig(**head["config"]), text, id_rows)
     model.load_state_dict(head["state_dict"])
-    return model.eval().sequence
+    return model.eval()
 
 
 def head_part(head: dict, sizes: list[int]) -> ListPart:

@@ -21,7 +21,7 @@ import torch
 from bench.minilm_torch import MiniLM, bundled_weights, load_bert_state
 from serving.model_server.scoring import left_pad
 from serving.model_server.tokenize import load_tokenizer
-from serving.offline.data import item_texts, load_movielens
+from serving.offline.data import load_movielens
 from serving.offline.encoder import bundled_model_dir
 from serving.offline.evaluate import next_item_task
 from serving.offline.runs import load_run, prepare
@@ -38,8 +38,7 @@ def encoder_weights() -> dict[str, torch.Tensor]:
 
 
 def item_tokens(length: int = TEXT_TOKENS) -> dict[str, torch.Tensor]:
-    movielens = load_movielens()
-    texts = item_texts(movielens, [m.item_id for m in movielens.movies])
+    texts = [movie.text for movie in load_movielens().movies]
     ids, mask = load_tokenizer(bundled_model_dir() / "tokenizer.json", length).encode_batch(texts)
     pad = length - ids.shape[1]
     ids, mask = np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
